@@ -1,0 +1,46 @@
+# Switchyard: `make run` serves the example tenants, `make test` tests.
+# Every target that needs Python packages depends on `setup`, which creates
+# .venv/ and installs what is missing.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run dev test bench lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv/ and install the project with its dev tools
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "switchyard needs Python 3.11 or newer; set PYTHON=..." >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+run: setup ## serve the tenants in tenants/ on 127.0.0.1:8787
+	$(BIN)/switchyard run --tenants tenants --state state
+
+dev: setup ## like run, with debug logs
+	$(BIN)/switchyard run --tenants tenants --state state --log-level debug
+
+test: setup ## run the test suite
+	$(BIN)/pytest -q
+
+bench: setup ## measure dispatch throughput; writes docs/BENCHMARKS.md
+	$(BIN)/python bench/dispatch_bench.py --write docs/BENCHMARKS.md
+
+lint: setup ## ruff format check, ruff check, mypy --strict
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean: ## remove the venv, state and caches
+	rm -rf $(VENV) state .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

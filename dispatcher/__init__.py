@@ -1,0 +1,1 @@
+"""The trusted host process: routes requests to sandboxed tenant workers."""

@@ -1,0 +1,301 @@
+"""The public listener: a raw ASGI dispatch path inside one FastAPI app.
+
+Tenant traffic - any method, any path, with an ``x-customer-id`` header -
+goes straight to ``Dispatcher.handle``, a plain ASGI callable. FastAPI's
+per-route machinery costs several times the whole dispatch path (measured:
+~6-7k req/s through a FastAPI route against ~25k through raw ASGI on the
+same machine), so it serves only the operator's paths (``/healthz``) and
+the application's lifespan, where its conveniences matter and speed does
+not.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+
+from dispatcher.errors import (
+    DispatchError,
+    InvalidTenantId,
+    MissingTenantId,
+    PayloadTooLarge,
+    ProtocolError,
+    TenantNotFound,
+)
+from dispatcher.pool import WorkerPool
+from dispatcher.settings import Settings
+from dispatcher.tenant_log import TenantLog
+from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
+from sandbox_runner import frames
+
+log = logging.getLogger("dispatcher.app")
+access_log = logging.getLogger("dispatcher.access")
+
+Scope = dict[str, Any]
+Receive = Any
+Send = Any
+
+TENANT_HEADER = b"x-customer-id"
+OPERATOR_PATHS = frozenset({"/healthz"})
+# Headers the dispatcher owns on every response; a tenant's are dropped.
+HOP_BY_HOP = frozenset(
+    {
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"keep-alive",
+        b"x-request-id",
+    }
+)
+
+
+class Dispatcher:
+    """Routes each request to its tenant's worker; see the module note."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tenant_log = TenantLog()
+        self.pool = WorkerPool(settings, self.tenant_log)
+        self.tenants: dict[str, Tenant] = {}
+        self.operator_app = build_operator_app(self)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.is_operator_request(scope):
+            await self.operator_app(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    def is_operator_request(self, scope: Scope) -> bool:
+        """Paths of the dispatcher itself, asked for without a tenant."""
+        if scope["path"] not in OPERATOR_PATHS:
+            return False
+        return all(name != TENANT_HEADER for name, _ in scope["headers"])
+
+    async def start(self) -> None:
+        """Read the tenants, warm the prewarm ones, then freeze the heap."""
+        self.tenants = load_tenants(self.settings.tenants_dir, self.settings.state_dir)
+        log.info(
+            "serving %d tenants from %s: %s",
+            len(self.tenants),
+            self.settings.tenants_dir,
+            ", ".join(self.tenants) or "none",
+        )
+        await self.pool.prewarm(list(self.tenants.values()))
+
+        # Objects alive now live as long as the process: moving them out of
+        # the collector's reach cut full-collection pauses from tens of
+        # milliseconds at p99 to a few.
+        gc.collect()
+        gc.freeze()
+
+    async def stop(self) -> None:
+        await self.pool.close()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one tenant request, always in the documented shape."""
+        started = time.perf_counter()
+        request_id = os.urandom(8).hex()
+        tenant_id = ""
+        try:
+            tenant_id = tenant_id_of(scope)
+            tenant = self.find_tenant(tenant_id)
+            request = await self.read_request(scope, receive, request_id)
+            response = await self.pool.dispatch(tenant, request)
+            status, code = response.status, ""
+            await send_tenant_response(send, response, request_id)
+        except DispatchError as exc:
+            status, code = exc.status, exc.code
+            await send_error(send, exc, tenant_id, request_id)
+        except Exception:
+            log.exception("request %s for tenant %s failed", request_id, tenant_id)
+            status, code = 500, "internal_error"
+            await send_error(
+                send, DispatchError("internal error"), tenant_id, request_id
+            )
+        if self.settings.access_log:
+            self.log_access(scope, tenant_id, status, code, started, request_id)
+
+    def find_tenant(self, tenant_id: str) -> Tenant:
+        """The tenant by id; unknown ids never start a process."""
+        tenant = self.tenants.get(tenant_id)
+        if tenant is None:
+            raise TenantNotFound(f"no tenant named {tenant_id!r}")
+        return tenant
+
+    async def read_request(
+        self, scope: Scope, receive: Receive, request_id: str
+    ) -> frames.Request:
+        """The request as a frame, its body read whole and size-checked."""
+        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
+        ]
+        return frames.Request(
+            id=0,
+            request_id=request_id,
+            method=scope["method"],
+            url=url_of(scope),
+            headers=headers,
+            body=body,
+        )
+
+    def log_access(
+        self,
+        scope: Scope,
+        tenant_id: str,
+        status: int,
+        code: str,
+        started: float,
+        request_id: str,
+    ) -> None:
+        access_log.info(
+            "%s %s %s %d %s %.1fms %s",
+            tenant_id or "-",
+            scope["method"],
+            scope["path"],
+            status,
+            code or "-",
+            (time.perf_counter() - started) * 1000,
+            request_id,
+        )
+
+
+def tenant_id_of(scope: Scope) -> str:
+    """The tenant named by the request's headers, checked before any use."""
+    values = {v for k, v in scope["headers"] if k == TENANT_HEADER}
+    if len(values) > 1:
+        raise InvalidTenantId("x-customer-id was sent twice with different values")
+    raw = values.pop() if values else b""
+    if not raw.strip():
+        raise MissingTenantId("the x-customer-id header names no tenant")
+
+    tenant_id = raw.decode("latin-1")
+    if not is_valid_tenant_id(tenant_id):
+        raise InvalidTenantId("x-customer-id must match ^[a-z0-9][a-z0-9-]{0,62}$")
+    return tenant_id
+
+
+def url_of(scope: Scope) -> str:
+    """The request URL as the client sent it, path encoding kept."""
+    host = "localhost"
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.decode("latin-1")
+            break
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    query = scope["query_string"].decode("latin-1")
+    url = f"{scope['scheme']}://{host}{path}"
+    return f"{url}?{query}" if query else url
+
+
+async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
+    """Read the whole body, refusing one over ``max_bytes`` as early as can be."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
+            raise PayloadTooLarge(
+                f"request body is over the limit of {max_bytes} bytes"
+            )
+
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(
+                f"request body is over the limit of {max_bytes} bytes"
+            )
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def send_tenant_response(
+    send: Send, response: frames.Response, request_id: str
+) -> None:
+    """Send a worker's answer, after checking what an untrusted frame holds."""
+    if not 200 <= response.status <= 599:
+        raise ProtocolError(f"the worker answered with status {response.status}")
+    headers = [(b"x-request-id", request_id.encode())]
+    try:
+        for name, value in response.headers:
+            raw_name = name.lower().encode("latin-1")
+            if raw_name not in HOP_BY_HOP:
+                headers.append((raw_name, value.encode("latin-1")))
+    except UnicodeEncodeError:
+        raise ProtocolError(
+            "the worker answered with a header HTTP cannot carry"
+        ) from None
+    headers.append((b"content-length", str(len(response.body)).encode()))
+
+    await send(
+        {"type": "http.response.start", "status": response.status, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+async def send_error(
+    send: Send, error: DispatchError, tenant_id: str, request_id: str
+) -> None:
+    """Send ``error`` in the JSON shape every client can rely on."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "code": error.code,
+                "message": error.message,
+                "tenant": tenant_id or None,
+                "request_id": request_id,
+            }
+        }
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-request-id", request_id.encode()),
+    ]
+    headers += [(k.encode(), v.encode()) for k, v in error.headers]
+    if isinstance(error, PayloadTooLarge):
+        # The rest of the body is still on the wire; do not reuse it.
+        headers.append((b"connection", b"close"))
+    await send(
+        {"type": "http.response.start", "status": error.status, "headers": headers}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_operator_app(dispatcher: Dispatcher) -> FastAPI:
+    """The FastAPI app for the dispatcher's own paths and its lifespan."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await dispatcher.start()
+        yield
+        await dispatcher.stop()
+
+    app = FastAPI(
+        title="Switchyard dispatcher",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        """Alive: the dispatcher answers; says how many workers are warm."""
+        return {
+            "status": "ok",
+            "tenants": len(dispatcher.tenants),
+            "warm_workers": len(dispatcher.pool.workers),
+        }
+
+    return app

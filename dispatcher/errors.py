@@ -1,0 +1,89 @@
+"""Every error the dispatcher answers with, one class per error code.
+
+Each class carries the HTTP status and the ``code`` of the JSON error
+contract::
+
+    {"error": {"code": ..., "message": ..., "tenant": ..., "request_id": ...}}
+
+Messages are lowercase, say which rule was broken, and never hold a secret
+value: they go to the client verbatim.
+"""
+
+from __future__ import annotations
+
+
+class DispatchError(Exception):
+    """Base of every error that becomes a JSON error response."""
+
+    status = 500
+    code = "internal_error"
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class MissingTenantId(DispatchError):
+    status = 400
+    code = "missing_tenant_id"
+
+
+class InvalidTenantId(DispatchError):
+    status = 400
+    code = "invalid_tenant_id"
+
+
+class TenantNotFound(DispatchError):
+    status = 404
+    code = "tenant_not_found"
+
+
+class PayloadTooLarge(DispatchError):
+    status = 413
+    code = "payload_too_large"
+
+
+class TenantError(DispatchError):
+    """The tenant's script raised, or returned something unusable."""
+
+    status = 500
+    code = "tenant_error"
+
+
+class WorkerCrashed(DispatchError):
+    status = 502
+    code = "worker_crashed"
+
+
+class ProtocolError(DispatchError):
+    """A worker sent a frame that is too large or does not decode."""
+
+    status = 502
+    code = "protocol_error"
+
+
+class TenantBusy(DispatchError):
+    status = 503
+    code = "tenant_busy"
+    headers = (("retry-after", "1"),)
+
+
+class WorkerBootFailed(DispatchError):
+    """The tenant cannot start: bad script, missing secret, confinement."""
+
+    status = 503
+    code = "worker_boot_failed"
+    headers = (("retry-after", "5"),)
+
+
+class WorkerTimeout(DispatchError):
+    status = 504
+    code = "worker_timeout"
+
+
+# Codes a worker may put in a Failure frame; anything else is a protocol
+# error, since frames from a worker are untrusted input.
+FAILURE_CODES: dict[str, type[DispatchError]] = {
+    TenantError.code: TenantError,
+}

@@ -1,0 +1,167 @@
+"""Tenants as the dispatcher knows them: read from ``tenants/<id>/``.
+
+Each tenant folder holds ``tenant.toml``::
+
+    script = "worker.py"       # the module that defines async def fetch
+    prewarm = true             # start a worker at start-up, not on demand
+    secrets = ["SLACK_SIGNING_SECRET"]   # names only; values come elsewhere
+
+    [vars]
+    REGION = "eu"
+
+    [limits]
+    timeout_ms = 5000
+    memory_mb = 256
+    max_concurrency = 64
+
+Secret values never live in ``tenant.toml``. They are read, first found
+wins, from:
+
+1. ``<state>/secrets/<tenant>.toml`` - the production source: written by the
+   operator or a secret manager, never committed, readable by the
+   dispatcher's user only;
+2. ``tenants/<tenant>/secrets.demo.toml`` - committed demo values for the
+   example tenants; using them logs a warning.
+
+A tenant whose secret has no value is kept, marked failed with the names
+that are missing, and answers 503 ``worker_boot_failed``; others serve.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+
+from sandbox_runner.frames import BindingValue
+
+log = logging.getLogger("dispatcher.tenants")
+
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+BINDING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+DEMO_SECRETS_FILE = "secrets.demo.toml"
+
+
+class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Per-tenant limits the dispatcher enforces."""
+
+    timeout_ms: int = 10_000
+    memory_mb: int = 256
+    max_concurrency: int = 64
+    max_queue: int = 256
+
+
+class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """The contents of one ``tenant.toml``."""
+
+    script: str = "worker.py"
+    prewarm: bool = False
+    secrets: list[str] = []
+    vars: dict[str, BindingValue] = {}
+    limits: Limits = Limits()
+
+
+@dataclass
+class Tenant:
+    """One tenant, ready to start workers for (or failed, with the reason)."""
+
+    id: str
+    dir: Path
+    config: TenantConfig
+    bindings: dict[str, BindingValue] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def is_valid_tenant_id(tenant_id: str) -> bool:
+    """True when ``tenant_id`` may name a tenant (and a folder)."""
+    return TENANT_ID.fullmatch(tenant_id) is not None
+
+
+def load_tenants(tenants_dir: Path, state_dir: Path) -> dict[str, Tenant]:
+    """Read every tenant folder; a broken one is logged and skipped."""
+    tenants: dict[str, Tenant] = {}
+    if not tenants_dir.is_dir():
+        log.warning("tenants folder %s does not exist; no tenant serves", tenants_dir)
+        return tenants
+    for folder in sorted(tenants_dir.iterdir()):
+        tenant = load_tenant(folder, state_dir)
+        if tenant is not None:
+            tenants[tenant.id] = tenant
+    return tenants
+
+
+def load_tenant(folder: Path, state_dir: Path) -> Tenant | None:
+    """Read one tenant folder, or None when it is not a valid tenant."""
+    if not folder.is_dir() or not (folder / "tenant.toml").is_file():
+        return None
+    if not is_valid_tenant_id(folder.name):
+        log.warning("skipping folder %s: not a valid tenant id", folder)
+        return None
+    try:
+        config = read_tenant_config(folder)
+    except ValueError as exc:
+        log.error("tenant %s: tenant.toml is invalid: %s", folder.name, exc)
+        return None
+
+    tenant = Tenant(folder.name, folder.resolve(), config)
+    tenant.bindings = dict(config.vars)
+    resolve_secrets(tenant, state_dir)
+    return tenant
+
+
+def read_tenant_config(folder: Path) -> TenantConfig:
+    """Parse and check ``tenant.toml``; raise ValueError saying what is wrong."""
+    raw = (folder / "tenant.toml").read_bytes()
+    try:
+        config = msgspec.toml.decode(raw, type=TenantConfig)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(str(exc)) from None
+
+    script = Path(config.script)
+    if script.is_absolute() or ".." in script.parts:
+        raise ValueError(f"script {config.script!r} must be a path inside the folder")
+    if not (folder / script).is_file():
+        raise ValueError(f"script {config.script!r} does not exist")
+    for name in [*config.vars, *config.secrets]:
+        if not BINDING_NAME.fullmatch(name):
+            raise ValueError(f"binding name {name!r} is not a valid identifier")
+    return config
+
+
+def resolve_secrets(tenant: Tenant, state_dir: Path) -> None:
+    """Add secret values to the tenant's bindings, or mark it failed."""
+    wanted = tenant.config.secrets
+    if not wanted:
+        return
+    production = read_secrets_file(state_dir / "secrets" / f"{tenant.id}.toml")
+    demo = read_secrets_file(tenant.dir / DEMO_SECRETS_FILE)
+
+    missing = []
+    for name in wanted:
+        if name in production:
+            tenant.bindings[name] = production[name]
+        elif name in demo:
+            tenant.bindings[name] = demo[name]
+            log.warning("tenant %s: secret %s uses its demo value", tenant.id, name)
+        else:
+            missing.append(name)
+    if missing:
+        tenant.problem = f"secrets without a value: {', '.join(missing)}"
+        log.error("tenant %s cannot start: %s", tenant.id, tenant.problem)
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """Name-to-value pairs from a TOML file; empty when there is none."""
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        # The error text may quote a line, and a line may hold a value.
+        log.error("secrets file %s does not parse (%s)", path, type(exc).__name__)
+        return {}
+    return {str(k): str(v) for k, v in data.items()}

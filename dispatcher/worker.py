@@ -1,0 +1,336 @@
+"""One worker process as the host sees it: its pipes, its requests in flight.
+
+A ``Worker`` owns a ``python -m sandbox_runner`` child with three pipes:
+frames to it on stdin, frames from it on stdout, its log on stderr. All
+pipe I/O is non-blocking asyncio: a blocking write to a worker that is busy
+writing its own answer would deadlock both.
+
+Every frame from a worker is untrusted input - tenant code shares its
+process with the runner and can write frames of its own. So a frame is size
+capped and decoded into the expected types only, and an answer counts only
+for a request id that is in flight on this very worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from dispatcher.errors import (
+    FAILURE_CODES,
+    DispatchError,
+    ProtocolError,
+    WorkerBootFailed,
+    WorkerCrashed,
+    WorkerTimeout,
+)
+from dispatcher.settings import Settings
+from dispatcher.tenant_log import TenantLog
+from dispatcher.tenants import Tenant
+from sandbox_runner import frames
+
+log = logging.getLogger("dispatcher.worker")
+
+# The worker's environment is this and nothing else. Capping glibc's malloc
+# arenas keeps threads from reserving 64 MiB each against RLIMIT_AS.
+WORKER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
+WORKER_COMMAND = (sys.executable, "-I", "-B", "-m", "sandbox_runner")
+
+LOG_CHUNK_BYTES = 64 * 1024
+
+
+class Worker:
+    """A running worker for one tenant; see the module note."""
+
+    def __init__(
+        self,
+        tenant: Tenant,
+        process: asyncio.subprocess.Process,
+        settings: Settings,
+        tenant_log: TenantLog,
+    ) -> None:
+        self.tenant = tenant
+        self.process = process
+        self.pid = process.pid
+        self.settings = settings
+        self.tenant_log = tenant_log
+        self.pending: dict[int, asyncio.Future[frames.Response]] = {}
+        self.ids = itertools.count(1)
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = frames.host_decoder()
+        self.alive = True
+        self.on_exit: Callable[[Worker], None] = lambda worker: None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.startup_ms = 0.0
+
+    @classmethod
+    async def spawn(
+        cls, tenant: Tenant, settings: Settings, tenant_log: TenantLog
+    ) -> Worker:
+        """Start a worker, boot it, and return once it is Ready."""
+        process = await asyncio.create_subprocess_exec(
+            *WORKER_COMMAND,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=WORKER_ENVIRONMENT,
+            cwd=tenant.dir,
+            limit=1024 * 1024,
+        )
+        worker = cls(tenant, process, settings, tenant_log)
+        await worker.boot()
+        return worker
+
+    async def boot(self) -> None:
+        """Send Boot, wait for Ready, then start reading frames and logs."""
+        started = time.perf_counter()
+        self.tasks.append(asyncio.create_task(self.read_log()))
+        self.write(self.boot_frame())
+        try:
+            async with asyncio.timeout(self.settings.startup_timeout_s):
+                ready = await self.read_ready()
+        except (TimeoutError, DispatchError, OSError) as exc:
+            await self.kill()
+            raise await self.boot_failure(exc) from None
+        except asyncio.CancelledError:
+            await self.kill()
+            raise
+
+        self.startup_ms = (time.perf_counter() - started) * 1000
+        self.tasks.append(asyncio.create_task(self.read_frames()))
+        log.info(
+            "worker started for tenant %s, pid %d, in %.1f ms (runner %.1f ms)",
+            self.tenant.id,
+            self.pid,
+            self.startup_ms,
+            ready.startup_ms,
+        )
+
+    def boot_frame(self) -> frames.Boot:
+        config = self.tenant.config
+        return frames.Boot(
+            tenant=self.tenant.id,
+            tenant_dir=str(self.tenant.dir),
+            script=config.script,
+            bindings=self.tenant.bindings,
+            secret_names=list(config.secrets),
+            memory_mb=config.limits.memory_mb,
+            max_frame_bytes=self.settings.max_frame_bytes,
+        )
+
+    async def read_ready(self) -> frames.Ready:
+        """Wait for the first frame that is not a log line: it must be Ready."""
+        while True:
+            frame = await self.read_frame()
+            if isinstance(frame, frames.Log):
+                self.tenant_log.emit(self.tenant, self.pid, frame.message)
+                continue
+            if isinstance(frame, frames.Ready):
+                if frame.protocol != frames.PROTOCOL_VERSION:
+                    raise ProtocolError(
+                        f"worker speaks protocol {frame.protocol}, "
+                        f"expected {frames.PROTOCOL_VERSION}"
+                    )
+                return frame
+            raise ProtocolError(f"expected a ready frame, got {type(frame).__name__}")
+
+    async def boot_failure(self, exc: BaseException) -> WorkerBootFailed:
+        """Explain why a worker never became ready, from its exit code."""
+        code = self.process.returncode
+        if code == frames.EXIT_LOAD_FAILED:
+            reason = "the tenant's script failed to load; see the tenant's log"
+        elif code == frames.EXIT_CONFINEMENT_FAILED:
+            reason = "the worker could not confine itself"
+        elif isinstance(exc, TimeoutError):
+            reason = (
+                f"the worker was not ready within {self.settings.startup_timeout_s} s"
+            )
+        else:
+            reason = f"the worker exited during start-up (exit code {code})"
+        log.error(
+            "tenant %s: worker pid %d failed to boot: %s",
+            self.tenant.id,
+            self.pid,
+            reason,
+        )
+        return WorkerBootFailed(reason)
+
+    async def read_frame(self) -> frames.ToHost:
+        """Read one frame from the worker, capped and strictly decoded."""
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            prefix = await stdout.readexactly(frames.LENGTH_PREFIX.size)
+            length = frames.read_length(prefix, self.settings.max_frame_bytes)
+            return self.decoder.decode(await stdout.readexactly(length))
+        except asyncio.IncompleteReadError:
+            raise WorkerCrashed("the worker exited") from None
+        except (frames.FrameTooLarge, msgspec.DecodeError) as exc:
+            raise ProtocolError(f"the worker sent a bad frame: {exc}") from None
+
+    async def read_frames(self) -> None:
+        """Route each frame to its waiting request until the worker is gone."""
+        try:
+            while True:
+                self.accept(await self.read_frame())
+        except DispatchError as exc:
+            await self.stop_after_failure(exc)
+
+    def accept(self, frame: frames.ToHost) -> None:
+        """Settle the request a Response or Failure answers; log the rest."""
+        if isinstance(frame, frames.Log):
+            self.tenant_log.emit(self.tenant, self.pid, frame.message)
+            return
+        if isinstance(frame, frames.Ready):
+            raise ProtocolError("the worker sent a second ready frame")
+
+        future = self.pending.pop(frame.id, None)
+        if future is None or future.done():
+            # Not in flight here: late after a timeout, or forged. Harmless.
+            log.debug(
+                "tenant %s pid %d answered unknown id %d",
+                self.tenant.id,
+                self.pid,
+                frame.id,
+            )
+            return
+        if isinstance(frame, frames.Response):
+            future.set_result(frame)
+        else:
+            future.set_exception(failure_error(frame))
+
+    async def call(self, request: frames.Request) -> frames.Response:
+        """Send one request and wait for its answer, within the time limit."""
+        if not self.alive:
+            raise WorkerCrashed("the worker exited")
+        request.id = next(self.ids)
+        future: asyncio.Future[frames.Response] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.pending[request.id] = future
+        self.write(request)
+
+        timeout_s = self.tenant.config.limits.timeout_ms / 1000
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await future
+        except TimeoutError:
+            self.pending.pop(request.id, None)
+            await self.stop_after_timeout(request.id)
+            raise WorkerTimeout(
+                f"the tenant's script did not answer within {timeout_s:g} s"
+            ) from None
+
+    def write(self, frame: object) -> None:
+        """Queue a frame to the worker; the transport never blocks the loop."""
+        stdin = self.process.stdin
+        assert stdin is not None
+        if stdin.is_closing():
+            raise WorkerCrashed("the worker's pipe is closed")
+        stdin.write(frames.encode_frame(self.encoder, frame))
+
+    async def stop_after_timeout(self, request_id: int) -> None:
+        """A request ran past its limit: the worker may be stuck, replace it."""
+        log.warning(
+            "tenant %s: request %d on pid %d ran past %d ms; stopping the worker",
+            self.tenant.id,
+            request_id,
+            self.pid,
+            self.tenant.config.limits.timeout_ms,
+        )
+        # XXX: other requests in flight on this worker fail with it. Sending
+        # Cancel first and killing only an unresponsive worker would spare
+        # them; that needs a heartbeat to tell "stuck" from "slow".
+        await self.stop_after_failure(
+            WorkerCrashed("the worker was stopped: a request ran past its time limit")
+        )
+
+    async def stop_after_failure(self, error: DispatchError) -> None:
+        """Fail every request in flight with ``error`` and end the process."""
+        if not self.alive:
+            return
+        self.mark_gone()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(type(error)(error.message))
+        self.pending.clear()
+        await self.kill()
+        log.warning(
+            "tenant %s: worker pid %d is gone (%s, exit code %s)",
+            self.tenant.id,
+            self.pid,
+            error.code,
+            self.process.returncode,
+        )
+
+    def mark_gone(self) -> None:
+        """Take the worker out of service; the pool starts a fresh one."""
+        if self.alive:
+            self.alive = False
+            self.on_exit(self)
+
+    async def kill(self) -> None:
+        """TERM, then KILL after the grace period; always reaps the child."""
+        self.mark_gone()
+        if self.process.returncode is None:
+            try:
+                self.process.terminate()
+                async with asyncio.timeout(self.settings.kill_grace_s):
+                    await self.process.wait()
+            except TimeoutError:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+        await self.process.wait()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        stdin = self.process.stdin
+        if stdin is not None and not stdin.is_closing():
+            stdin.close()
+        for task in self.tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def shutdown(self) -> None:
+        """Stop gracefully: requests in flight finish, then the worker exits."""
+        if self.alive:
+            self.mark_gone()
+            try:
+                self.write(frames.Shutdown())
+                timeout_s = self.tenant.config.limits.timeout_ms / 1000
+                async with asyncio.timeout(timeout_s):
+                    await self.process.wait()
+            except (TimeoutError, DispatchError):
+                pass
+        await self.kill()
+
+    async def read_log(self) -> None:
+        """Forward whatever the worker writes to fds 1 and 2 to its log."""
+        stderr = self.process.stderr
+        assert stderr is not None
+        partial = b""
+        while chunk := await stderr.read(LOG_CHUNK_BYTES):
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            if len(partial) > LOG_CHUNK_BYTES:
+                lines.append(partial)
+                partial = b""
+            for line in lines:
+                self.tenant_log.emit(self.tenant, self.pid, line)
+        if partial:
+            self.tenant_log.emit(self.tenant, self.pid, partial)
+
+
+def failure_error(frame: frames.Failure) -> DispatchError:
+    """The error a Failure frame stands for; unknown codes are not trusted."""
+    error_class = FAILURE_CODES.get(frame.code)
+    if error_class is None:
+        return ProtocolError(f"the worker sent an unknown failure code {frame.code!r}")
+    return error_class(frame.message[:1000])

@@ -1,0 +1,145 @@
+"""The frames that the dispatcher and a worker exchange over pipes.
+
+A frame on the wire is a 4-byte big-endian length followed by a msgpack body
+that decodes to exactly one of the Structs below (a tagged union: the tag
+field ``t`` names the type). One encoder and one decoder serve each pipe.
+
+Host to worker: ``Boot`` (once, first), ``Request``, ``Cancel``,
+``Shutdown``. Worker to host: ``Ready`` (once, first, carries the protocol
+version), ``Response``, ``Failure``, ``Log``.
+
+Requests are multiplexed: every ``Request`` carries an id chosen by the host,
+and the worker answers with a ``Response`` or ``Failure`` of the same id, in
+whatever order they finish.
+
+This module is shared by both sides, so it imports nothing but msgspec.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+# Room for headers and framing on top of the largest body a frame may carry.
+FRAME_OVERHEAD_BYTES = 1024 * 1024
+
+LENGTH_PREFIX = struct.Struct(">I")
+
+HeaderPairs = list[tuple[str, str]]
+BindingValue = str | int | float | bool
+
+
+class Boot(msgspec.Struct, tag="boot", tag_field="t"):
+    """Everything a fresh worker needs to confine itself and load a script.
+
+    Sent on the pipe rather than argv or the environment: secret values
+    must not show up in ``/proc/<pid>/cmdline`` or ``environ``.
+    """
+
+    tenant: str
+    tenant_dir: str
+    script: str
+    bindings: dict[str, BindingValue]
+    secret_names: list[str]
+    memory_mb: int
+    max_frame_bytes: int
+
+
+class Request(msgspec.Struct, tag="request", tag_field="t"):
+    """One HTTP request for the tenant's ``fetch``."""
+
+    id: int
+    request_id: str
+    method: str
+    url: str
+    headers: HeaderPairs
+    body: bytes
+
+
+class Cancel(msgspec.Struct, tag="cancel", tag_field="t"):
+    """The host gave up on request ``id``; the worker drops it."""
+
+    id: int
+
+
+class Shutdown(msgspec.Struct, tag="shutdown", tag_field="t"):
+    """Finish the requests in flight, then exit."""
+
+
+class Ready(msgspec.Struct, tag="ready", tag_field="t"):
+    """The script loaded; the worker takes requests from now on."""
+
+    protocol: int
+    pid: int
+    startup_ms: float
+
+
+class Response(msgspec.Struct, tag="response", tag_field="t"):
+    """The answer to request ``id``."""
+
+    id: int
+    status: int
+    headers: HeaderPairs
+    body: bytes
+
+
+class Failure(msgspec.Struct, tag="failure", tag_field="t"):
+    """Request ``id`` did not produce a response.
+
+    ``code`` is one of the error codes of the JSON error contract (for
+    example ``tenant_error``); ``message`` is safe to show to the client.
+    """
+
+    id: int
+    code: str
+    message: str
+
+
+class Log(msgspec.Struct, tag="log", tag_field="t"):
+    """A line for the tenant's log that came from the runner itself."""
+
+    level: str
+    message: str
+
+
+ToWorker = Boot | Request | Cancel | Shutdown
+ToHost = Ready | Response | Failure | Log
+
+
+class FrameTooLarge(ValueError):
+    """A frame's length prefix is over the agreed maximum."""
+
+
+def encode_frame(encoder: msgspec.msgpack.Encoder, frame: object) -> bytes:
+    """Serialise ``frame`` with its length prefix, ready for one write."""
+    body = encoder.encode(frame)
+    return LENGTH_PREFIX.pack(len(body)) + body
+
+
+def read_length(prefix: bytes, max_frame_bytes: int) -> int:
+    """The body length announced by a 4-byte prefix, checked against a cap."""
+    (length,) = LENGTH_PREFIX.unpack(prefix)
+    if length > max_frame_bytes:
+        raise FrameTooLarge(
+            f"frame of {length} bytes is over the limit of {max_frame_bytes}"
+        )
+    return int(length)
+
+
+def host_decoder() -> msgspec.msgpack.Decoder[ToHost]:
+    """A decoder for frames that a worker sends to the host."""
+    return msgspec.msgpack.Decoder(ToHost)
+
+
+def worker_decoder() -> msgspec.msgpack.Decoder[ToWorker]:
+    """A decoder for frames that the host sends to a worker."""
+    return msgspec.msgpack.Decoder(ToWorker)
+
+
+# Exit codes a worker reserves so that the host can tell "this tenant cannot
+# start" from "this worker crashed" and stop respawning a broken tenant.
+EXIT_LOAD_FAILED = 70
+EXIT_CONFINEMENT_FAILED = 71

@@ -1,0 +1,247 @@
+"""The worker's main loop: boot, load the tenant's script, serve frames.
+
+The host writes a ``Boot`` frame first. The worker confines itself, imports
+the script, answers ``Ready``, and from then on runs one asyncio task per
+``Request`` frame, so many requests are in flight at once and answers go
+back in whatever order they finish.
+
+Anything the tenant's code raises is caught here: the traceback goes to the
+tenant's log, and the client gets a ``Failure`` whose message names only the
+exception type (an exception's text may hold a secret value).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import os
+import re
+import sys
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from sandbox_runner import frames, runtime
+from sandbox_runner.confine import FrameChannel, confine, take_frame_channel
+
+Fetch = Callable[[runtime.Request, runtime.Env, runtime.Context], Awaitable[Any]]
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
+
+
+class ScriptLoadError(Exception):
+    """The tenant's script could not be imported or has no usable fetch."""
+
+
+def main() -> None:
+    """Entry point of ``python -m sandbox_runner``."""
+    started = time.perf_counter()
+    channel = take_frame_channel()
+    boot = read_boot_frame(channel.read_fd)
+
+    confine(channel, boot.tenant_dir, boot.memory_mb)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    try:
+        fetch = load_script(boot.tenant_dir, boot.script)
+    except ScriptLoadError:
+        report_load_failure(channel)
+        os._exit(frames.EXIT_LOAD_FAILED)
+
+    startup_ms = (time.perf_counter() - started) * 1000
+    runner = Runner(channel, boot, fetch)
+    loop.run_until_complete(runner.serve(startup_ms))
+    os._exit(0)
+
+
+def read_boot_frame(fd: int) -> frames.Boot:
+    """Block until the host's ``Boot`` frame has arrived, and decode it."""
+    prefix = _read_exactly(fd, frames.LENGTH_PREFIX.size)
+    length = frames.read_length(prefix, frames.FRAME_OVERHEAD_BYTES)
+    return msgspec.msgpack.decode(_read_exactly(fd, length), type=frames.Boot)
+
+
+def _read_exactly(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    while size:
+        chunk = os.read(fd, size)
+        if not chunk:
+            raise SystemExit("host closed the frame pipe before booting")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def load_script(tenant_dir: str, script: str) -> Fetch:
+    """Import the tenant's script and return its ``fetch`` coroutine."""
+    path = os.path.join(tenant_dir, script)
+    sys.path.insert(0, tenant_dir)
+    try:
+        spec = importlib.util.spec_from_file_location("tenant_script", path)
+        if spec is None or spec.loader is None:
+            raise ScriptLoadError(f"cannot load {script}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["tenant_script"] = module
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        raise ScriptLoadError(str(exc)) from exc
+
+    fetch = getattr(module, "fetch", None)
+    if not inspect.iscoroutinefunction(fetch):
+        raise ScriptLoadError(f"{script} defines no 'async def fetch'")
+    return fetch
+
+
+def report_load_failure(channel: FrameChannel) -> None:
+    """Tell the host why the script did not load, then let the caller exit."""
+    exc = sys.exc_info()[1]
+    cause = exc.__cause__ if exc is not None else None
+    if cause is not None:
+        text = "".join(traceback.format_exception(cause))
+    else:
+        text = f"{exc}\n"
+    log = frames.Log(level="error", message=f"script failed to load:\n{text}")
+    encoder = msgspec.msgpack.Encoder()
+    os.write(channel.write_fd, frames.encode_frame(encoder, log))
+
+
+class Runner:
+    """Serves ``Request`` frames for one loaded script."""
+
+    def __init__(self, channel: FrameChannel, boot: frames.Boot, fetch: Fetch) -> None:
+        self.channel = channel
+        self.tenant = boot.tenant
+        self.max_frame_bytes = boot.max_frame_bytes
+        self.env = runtime.Env(boot.bindings)
+        self.fetch = fetch
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.encoder = msgspec.msgpack.Encoder()
+        self.decoder = frames.worker_decoder()
+
+    async def serve(self, startup_ms: float) -> None:
+        """Announce readiness, then handle frames until told to stop."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=2**16, loop=loop)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader),
+            os.fdopen(self.channel.read_fd, "rb", buffering=0),
+        )
+        transport, _ = await loop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(self.channel.write_fd, "wb", buffering=0)
+        )
+        self.transport = transport
+
+        self.send(frames.Ready(frames.PROTOCOL_VERSION, os.getpid(), startup_ms))
+        await self.read_frames(reader)
+
+    async def read_frames(self, reader: asyncio.StreamReader) -> None:
+        """Act on each frame from the host until Shutdown or end of pipe."""
+        while True:
+            try:
+                prefix = await reader.readexactly(frames.LENGTH_PREFIX.size)
+                length = frames.read_length(prefix, self.max_frame_bytes)
+                frame = self.decoder.decode(await reader.readexactly(length))
+            except asyncio.IncompleteReadError:
+                return  # the host is gone: nobody is left to answer
+            if isinstance(frame, frames.Request):
+                task = asyncio.create_task(self.handle(frame))
+                self.tasks[frame.id] = task
+            elif isinstance(frame, frames.Cancel):
+                self.cancel(frame.id)
+            elif isinstance(frame, frames.Shutdown):
+                await self.drain()
+                return
+
+    def cancel(self, request_id: int) -> None:
+        """Drop a request the host no longer waits for."""
+        task = self.tasks.pop(request_id, None)
+        if task is not None:
+            task.cancel()
+
+    async def drain(self) -> None:
+        """Let every request in flight finish."""
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()))
+
+    def send(self, frame: object) -> None:
+        """Write one frame to the host; the pipe transport buffers it."""
+        self.transport.write(frames.encode_frame(self.encoder, frame))
+
+    async def handle(self, frame: frames.Request) -> None:
+        """Run ``fetch`` for one request and send back its outcome."""
+        request = runtime.Request(frame.method, frame.url, frame.headers, frame.body)
+        ctx = runtime.Context(self.tenant, frame.request_id)
+        try:
+            result = await self.fetch(request, self.env, ctx)
+            answer: object = self.to_response_frame(frame.id, result)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:  # noqa: BLE001 - any tenant error is reported
+            answer = self.failure_for(frame.id, exc)
+        finally:
+            self.tasks.pop(frame.id, None)
+        self.send(answer)
+
+    def failure_for(self, request_id: int, exc: BaseException) -> frames.Failure:
+        """Log the traceback for the tenant; give the client only its type."""
+        text = "".join(traceback.format_exception(exc))
+        self.send(frames.Log(level="error", message=f"fetch raised:\n{text}"))
+        if isinstance(exc, InvalidResponse):
+            message = str(exc)
+        else:
+            message = f"the tenant's script raised {type(exc).__name__}"
+        return frames.Failure(request_id, "tenant_error", message)
+
+    def to_response_frame(self, request_id: int, result: Any) -> frames.Response:
+        """Turn whatever ``fetch`` returned into a checked Response frame."""
+        response = as_response(result)
+        check_response(response, self.max_frame_bytes - frames.FRAME_OVERHEAD_BYTES)
+        return frames.Response(
+            request_id, response.status, response.headers, response.body
+        )
+
+
+class InvalidResponse(ValueError):
+    """``fetch`` returned something that is not a valid HTTP response."""
+
+
+def as_response(result: Any) -> runtime.Response:
+    """Map a return value of ``fetch`` to a Response, as documented."""
+    if isinstance(result, runtime.Response):
+        return result
+    if isinstance(result, (dict, list)):
+        return runtime.Response.json(result)
+    if isinstance(result, str):
+        return runtime.Response(result, 200, [("content-type", TEXT_PLAIN)])
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return runtime.Response(bytes(result), 200, [("content-type", OCTETS)])
+    if result is None:
+        return runtime.Response(b"", 204)
+    raise InvalidResponse(
+        f"fetch returned {type(result).__name__}; expected Response, dict, "
+        "list, str, bytes or None"
+    )
+
+
+TEXT_PLAIN = "text/plain; charset=utf-8"
+OCTETS = "application/octet-stream"
+
+
+def check_response(response: runtime.Response, max_body_bytes: int) -> None:
+    """Refuse a status, header or body size that HTTP cannot carry."""
+    if not 200 <= response.status <= 599:
+        raise InvalidResponse(f"status {response.status} is not in 200-599")
+    for name, value in response.headers:
+        if not _HEADER_NAME.match(name) or _BAD_HEADER_VALUE.search(value):
+            raise InvalidResponse(f"header {name!r} is not a valid HTTP header")
+    if len(response.body) > max_body_bytes:
+        raise InvalidResponse(
+            f"response body of {len(response.body)} bytes is over the "
+            f"limit of {max_body_bytes}"
+        )
