@@ -11,6 +11,7 @@ not.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -46,6 +47,10 @@ Send = Any
 TENANT_HEADER = b"x-customer-id"
 OPERATOR_PATHS = frozenset({"/healthz"})
 # Headers the dispatcher owns on every response; a tenant's are dropped.
+# How much of an over-limit body is read and dropped so that the client gets
+# its 413 rather than a reset connection; past this the connection is cut.
+DISCARD_LIMIT_BYTES = 64 * 1024 * 1024
+DISCARD_TIMEOUT_S = 10.0
 HOP_BY_HOP = frozenset(
     {
         b"content-length",
@@ -198,11 +203,9 @@ def url_of(scope: Scope) -> str:
 
 async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
     """Read the whole body, refusing one over ``max_bytes`` as early as can be."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > max_bytes:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {max_bytes} bytes"
-            )
+    declared = content_length(scope)
+    if declared is not None and declared > max_bytes:
+        raise await payload_too_large(receive, max_bytes, declared)
 
     chunks: list[bytes] = []
     size = 0
@@ -211,12 +214,48 @@ async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
-            raise PayloadTooLarge(
-                f"request body is over the limit of {max_bytes} bytes"
-            )
+            raise await payload_too_large(receive, max_bytes, None)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit():
+            return int(value)
+    return None
+
+
+async def payload_too_large(
+    receive: Receive, max_bytes: int, declared: int | None
+) -> PayloadTooLarge:
+    """The 413 for a body over the limit, after discarding what is left of it.
+
+    A client still sending its body does not read an early answer: if the
+    connection is closed under it, it sees a reset instead of the 413. So a
+    body of reasonable size is read to its end (and thrown away, never
+    buffered), and the connection stays usable; a huge one is cut off.
+    """
+    error = PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
+    if declared is None or declared <= DISCARD_LIMIT_BYTES:
+        error.keep_connection = await discard_body(receive)
+    return error
+
+
+async def discard_body(receive: Receive) -> bool:
+    """Read and drop the rest of a body; False if it was too long or slow."""
+    discarded = 0
+    try:
+        async with asyncio.timeout(DISCARD_TIMEOUT_S):
+            while discarded <= DISCARD_LIMIT_BYTES:
+                message = await receive()
+                discarded += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return bool(message["type"] == "http.request")
+    except TimeoutError:
+        pass
+    return False
 
 
 async def send_tenant_response(
@@ -263,7 +302,7 @@ async def send_error(
         (b"x-request-id", request_id.encode()),
     ]
     headers += [(k.encode(), v.encode()) for k, v in error.headers]
-    if isinstance(error, PayloadTooLarge):
+    if isinstance(error, PayloadTooLarge) and not error.keep_connection:
         # The rest of the body is still on the wire; do not reuse it.
         headers.append((b"connection", b"close"))
     await send(

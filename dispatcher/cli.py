@@ -18,6 +18,7 @@ from pathlib import Path
 import uvicorn
 
 from dispatcher.app import Dispatcher
+from dispatcher.http_protocol import SwitchyardHttpProtocol
 from dispatcher.settings import Settings
 from dispatcher.tenants import load_tenant
 from dispatcher.webhook_signing import SIGNERS, sender_for_secrets
@@ -73,6 +74,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     config = uvicorn.Config(
         Dispatcher(settings),
+        http=SwitchyardHttpProtocol,
         log_config=None,
         access_log=False,
         lifespan="on",

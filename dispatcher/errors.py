@@ -42,6 +42,8 @@ class TenantNotFound(DispatchError):
 class PayloadTooLarge(DispatchError):
     status = 413
     code = "payload_too_large"
+    # Whether the rest of the body was read, so the connection can be reused.
+    keep_connection = False
 
 
 class TenantError(DispatchError):

@@ -1,0 +1,148 @@
+"""Shared fixtures: a real dispatcher process on 127.0.0.1 with real workers.
+
+The session's dispatcher serves the example tenants from ``tenants/`` and
+the test tenants from ``tests/tenants/``, copied into a temporary folder so
+that tests can add tenants of their own without touching the repo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+LISTENING = re.compile(rb"dispatcher listening on (http://[\d.]+:\d+)")
+STARTED = b"Application startup complete"
+# Set in the dispatcher's own environment; no tenant may ever see it.
+CANARY = ("SWITCHYARD_TEST_CANARY", "dispatcher-only-value")
+
+BROKEN_SCRIPT = "async def fetch(request, env, ctx)\n    return {}\n"
+
+
+class DispatcherProcess:
+    """``switchyard run`` as a child process, with its log in a file."""
+
+    def __init__(self, tenants_dir: Path, state_dir: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        env = {**os.environ, CANARY[0]: CANARY[1]}
+        command = [
+            sys.executable, "-m", "dispatcher", "run", "--port", "0",
+            "--tenants", str(tenants_dir), "--state", str(state_dir),
+        ]  # fmt: skip
+        with open(log_path, "wb") as log_file:
+            self.process = subprocess.Popen(
+                command, stdout=log_file, stderr=subprocess.STDOUT, env=env
+            )
+        self.url = self.wait_until_started()
+        self.ps = psutil.Process(self.process.pid)
+
+    def wait_until_started(self, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            text = self.log_path.read_bytes()
+            found = LISTENING.search(text)
+            if found and STARTED in text:
+                return found.group(1).decode()
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dispatcher exited:\n{text.decode()}")
+            time.sleep(0.05)
+        raise RuntimeError("dispatcher did not start in time")
+
+    def log(self) -> str:
+        """Everything the dispatcher has logged so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> set[int]:
+        return {child.pid for child in self.ps.children(recursive=True)}
+
+    def zombies(self) -> list[psutil.Process]:
+        return [
+            child
+            for child in self.ps.children(recursive=True)
+            if child.status() == psutil.STATUS_ZOMBIE
+        ]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=30)
+
+
+def make_tenants_dir(target: Path) -> Path:
+    """Example tenants plus test tenants, side by side, in ``target``."""
+    for source in [ROOT / "tenants", ROOT / "tests" / "tenants"]:
+        for folder in source.iterdir():
+            if folder.is_dir():
+                shutil.copytree(folder, target / folder.name)
+    broken = target / "broken"
+    broken.mkdir()
+    (broken / "tenant.toml").write_text('script = "worker.py"\n')
+    (broken / "worker.py").write_text(BROKEN_SCRIPT)
+    return target
+
+
+@pytest.fixture(scope="session")
+def dispatcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DispatcherProcess]:
+    """One dispatcher for the whole session, serving every tenant."""
+    base = tmp_path_factory.mktemp("dispatcher")
+    tenants = make_tenants_dir(base / "tenants")
+    process = DispatcherProcess(tenants, base / "state", base / "dispatcher.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+async def client(dispatcher: DispatcherProcess) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
+    async with httpx.AsyncClient(
+        base_url=dispatcher.url, timeout=30, limits=limits
+    ) as http:
+        yield http
+
+
+def error_of(response: httpx.Response) -> dict[str, str]:
+    """The ``error`` object of a JSON error response, checked for shape."""
+    body = response.json()
+    assert set(body) == {"error"}
+    error: dict[str, str] = body["error"]
+    assert set(error) == {"code", "message", "tenant", "request_id"}
+    assert error["request_id"] == response.headers["x-request-id"]
+    return error
+
+
+def raw_exchange(url: str, request: bytes, timeout_s: float = 10.0) -> bytes:
+    """Send raw bytes to the dispatcher and read until it closes or answers.
+
+    For requests an HTTP client library refuses to build (NUL in a header,
+    say): the server must still answer them in the documented shape.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or not response_complete(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+def response_complete(data: bytes) -> bool:
+    head, _, body = data.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False

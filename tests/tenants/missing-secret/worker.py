@@ -1,0 +1,2 @@
+async def fetch(request, env, ctx):
+    return {"never": "served"}
