@@ -94,6 +94,7 @@ def configure_logging(level: str) -> None:
 
 def sign_command(args: argparse.Namespace) -> int:
     """Print a curl command that delivers FILE to TENANT, signed."""
+    configure_logging("error")
     tenant = load_tenant(args.tenants / args.tenant, args.state)
     if tenant is None:
         print(
