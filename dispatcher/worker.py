@@ -74,15 +74,21 @@ class Worker:
         cls, tenant: Tenant, settings: Settings, tenant_log: TenantLog
     ) -> Worker:
         """Start a worker, boot it, and return once it is Ready."""
-        process = await asyncio.create_subprocess_exec(
-            *WORKER_COMMAND,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=WORKER_ENVIRONMENT,
-            cwd=tenant.dir,
-            limit=1024 * 1024,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *WORKER_COMMAND,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=WORKER_ENVIRONMENT,
+                cwd=tenant.dir,
+                limit=1024 * 1024,
+            )
+        except OSError as exc:
+            # Out of processes or descriptors on the host: not the tenant's
+            # fault, but it cannot be served until that clears.
+            log.error("tenant %s: cannot start a worker: %s", tenant.id, exc)
+            raise WorkerBootFailed("the host could not start a worker") from None
         worker = cls(tenant, process, settings, tenant_log)
         await worker.boot()
         return worker

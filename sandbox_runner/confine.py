@@ -28,12 +28,15 @@ them is the end of ``confine``, after the limits.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import os
 import resource
+import signal
 import sys
 from dataclasses import dataclass
 
+PR_SET_PDEATHSIG = 1
 OPEN_FILES_LIMIT = 64
 FILE_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 
@@ -49,6 +52,7 @@ class FrameChannel:
 
     read_fd: int
     write_fd: int
+    parent_pid: int
 
 
 def take_frame_channel() -> FrameChannel:
@@ -63,7 +67,7 @@ def take_frame_channel() -> FrameChannel:
 
     sys.stdout = _line_writer(1)
     sys.stderr = _line_writer(2)
-    return FrameChannel(FRAME_IN_FD, FRAME_OUT_FD)
+    return FrameChannel(FRAME_IN_FD, FRAME_OUT_FD, os.getppid())
 
 
 def _line_writer(fd: int) -> io.TextIOWrapper:
@@ -75,10 +79,26 @@ def _line_writer(fd: int) -> io.TextIOWrapper:
 
 def confine(channel: FrameChannel, tenant_dir: str, memory_mb: int) -> None:
     """Apply every confinement step this worker supports, in order."""
+    die_with_parent(channel.parent_pid)
     close_inherited_fds(keep=(0, 1, 2, channel.read_fd, channel.write_fd))
     os.environ.clear()
     os.chdir(tenant_dir)
     set_resource_limits(memory_mb)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this worker when the dispatcher dies.
+
+    A worker notices a dispatcher that exited cleanly by the end of its
+    frame pipe, but one stuck in a CPU loop never reads it and would outlive
+    a dispatcher killed with SIGKILL.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent_pid:
+        # The parent died before the request was made: nobody will ask.
+        os._exit(1)
 
 
 def close_inherited_fds(keep: tuple[int, ...]) -> None:
