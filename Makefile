@@ -33,7 +33,13 @@ dev: setup ## like run, with debug logs
 test: setup ## run the test suite
 	$(BIN)/pytest -q
 
+# wrk is the load generator; as root with apt-get it is installed here.
 bench: setup ## measure dispatch throughput; writes docs/BENCHMARKS.md
+	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || \
+		! command -v apt-get >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq wrk; }
+	@command -v wrk >/dev/null || \
+		{ echo "make bench needs wrk: install the Debian package 'wrk'" >&2; exit 1; }
 	$(BIN)/python bench/dispatch_bench.py --write docs/BENCHMARKS.md
 
 lint: setup ## ruff format check, ruff check, mypy --strict
