@@ -11,7 +11,6 @@ not.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -23,12 +22,12 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 
+from dispatcher.bodies import BodyBudget, read_body
 from dispatcher.errors import (
     DispatchError,
     InvalidTenantId,
     MissingTenantId,
     PayloadTooLarge,
-    ProtocolError,
     TenantNotFound,
 )
 from dispatcher.pool import WorkerPool
@@ -36,6 +35,7 @@ from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
 from sandbox_runner import frames
+from sandbox_runner.responses import NO_BODY_STATUSES
 
 log = logging.getLogger("dispatcher.app")
 access_log = logging.getLogger("dispatcher.access")
@@ -47,16 +47,13 @@ Send = Any
 TENANT_HEADER = b"x-customer-id"
 OPERATOR_PATHS = frozenset({"/healthz"})
 # Headers the dispatcher owns on every response; a tenant's are dropped.
-# How much of an over-limit body is read and dropped so that the client gets
-# its 413 rather than a reset connection; past this the connection is cut.
-DISCARD_LIMIT_BYTES = 64 * 1024 * 1024
-DISCARD_TIMEOUT_S = 10.0
-HOP_BY_HOP = frozenset(
+OWNED_HEADERS = frozenset(
     {
         b"content-length",
         b"transfer-encoding",
         b"connection",
         b"keep-alive",
+        b"date",
         b"x-request-id",
     }
 )
@@ -70,6 +67,7 @@ class Dispatcher:
         self.tenant_log = TenantLog()
         self.pool = WorkerPool(settings, self.tenant_log)
         self.tenants: dict[str, Tenant] = {}
+        self.body_budget = BodyBudget(settings.max_held_body_bytes)
         self.operator_app = build_operator_app(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -139,7 +137,13 @@ class Dispatcher:
         self, scope: Scope, receive: Receive, request_id: str
     ) -> frames.Request:
         """The request as a frame, its body read whole and size-checked."""
-        body = await read_body(scope, receive, self.settings.max_body_bytes)
+        body = await read_body(
+            scope,
+            receive,
+            self.settings.max_body_bytes,
+            self.settings.body_timeout_s,
+            self.body_budget,
+        )
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]
         ]
@@ -161,11 +165,14 @@ class Dispatcher:
         started: float,
         request_id: str,
     ) -> None:
+        # The raw path, still percent-encoded: a decoded one could carry a
+        # line break into the log.
+        path = scope.get("raw_path") or scope["path"].encode()
         access_log.info(
             "%s %s %s %d %s %.1fms %s",
             tenant_id or "-",
             scope["method"],
-            scope["path"],
+            path.decode("latin-1"),
             status,
             code or "-",
             (time.perf_counter() - started) * 1000,
@@ -201,84 +208,20 @@ def url_of(scope: Scope) -> str:
     return f"{url}?{query}" if query else url
 
 
-async def read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
-    """Read the whole body, refusing one over ``max_bytes`` as early as can be."""
-    declared = content_length(scope)
-    if declared is not None and declared > max_bytes:
-        raise await payload_too_large(receive, max_bytes, declared)
-
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            raise await payload_too_large(receive, max_bytes, None)
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def content_length(scope: Scope) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
-    return None
-
-
-async def payload_too_large(
-    receive: Receive, max_bytes: int, declared: int | None
-) -> PayloadTooLarge:
-    """The 413 for a body over the limit, after discarding what is left of it.
-
-    A client still sending its body does not read an early answer: if the
-    connection is closed under it, it sees a reset instead of the 413. So a
-    body of reasonable size is read to its end (and thrown away, never
-    buffered), and the connection stays usable; a huge one is cut off.
-    """
-    error = PayloadTooLarge(f"request body is over the limit of {max_bytes} bytes")
-    if declared is None or declared <= DISCARD_LIMIT_BYTES:
-        error.keep_connection = await discard_body(receive)
-    return error
-
-
-async def discard_body(receive: Receive) -> bool:
-    """Read and drop the rest of a body; False if it was too long or slow."""
-    discarded = 0
-    try:
-        async with asyncio.timeout(DISCARD_TIMEOUT_S):
-            while discarded <= DISCARD_LIMIT_BYTES:
-                message = await receive()
-                discarded += len(message.get("body", b""))
-                if not message.get("more_body", False):
-                    return bool(message["type"] == "http.request")
-    except TimeoutError:
-        pass
-    return False
-
-
 async def send_tenant_response(
     send: Send, response: frames.Response, request_id: str
 ) -> None:
-    """Send a worker's answer, after checking what an untrusted frame holds."""
-    if not 200 <= response.status <= 599:
-        raise ProtocolError(f"the worker answered with status {response.status}")
+    """Send a worker's answer; the worker checked it against HTTP's rules."""
     headers = [(b"x-request-id", request_id.encode())]
-    try:
-        for name, value in response.headers:
-            raw_name = name.lower().encode("latin-1")
-            if raw_name not in HOP_BY_HOP:
-                headers.append((raw_name, value.encode("latin-1")))
-    except UnicodeEncodeError:
-        raise ProtocolError(
-            "the worker answered with a header HTTP cannot carry"
-        ) from None
-    headers.append((b"content-length", str(len(response.body)).encode()))
+    for name, value in response.headers:
+        raw_name = name.lower().encode("latin-1")
+        if raw_name not in OWNED_HEADERS:
+            headers.append((raw_name, value.encode("latin-1")))
+    if response.status not in NO_BODY_STATUSES:
+        headers.append((b"content-length", str(len(response.body)).encode()))
 
-    await send(
-        {"type": "http.response.start", "status": response.status, "headers": headers}
-    )
+    start = {"type": "http.response.start", "status": response.status}
+    await send({**start, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import shlex
 import socket
 import sys
@@ -44,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     run.add_argument("--log-level", default="info")
     run.add_argument("--no-access-log", action="store_true")
+    run.add_argument(
+        "--body-timeout",
+        type=float,
+        default=Settings.body_timeout_s,
+        help="seconds a request body may take to arrive (default %(default)s)",
+    )
     run.set_defaults(handler=run_command)
 
     sign = commands.add_parser("sign", help="print a signed curl for a sample")
@@ -65,6 +72,7 @@ def run_command(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         access_log=not args.no_access_log,
+        body_timeout_s=args.body_timeout,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
 
@@ -72,16 +80,31 @@ def run_command(args: argparse.Namespace) -> int:
     host, port = listener.getsockname()[:2]
     log.info("dispatcher listening on http://%s:%d", host, port)
 
+    raise_open_files_limit()
     config = uvicorn.Config(
         Dispatcher(settings),
         http=SwitchyardHttpProtocol,
         log_config=None,
         access_log=False,
+        # Tenants may name their own server; two Server headers help nobody.
+        server_header=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
     uvicorn.Server(config).run(sockets=[listener])
     return 0
+
+
+def raise_open_files_limit() -> None:
+    """Lift the soft open-files limit to the hard one.
+
+    Every connection and every worker (three pipes each) holds descriptors;
+    the common soft default of 1024 runs out long before memory does.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open-files limit raised from %d to %d", soft, hard)
 
 
 def configure_logging(level: str) -> None:

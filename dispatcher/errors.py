@@ -39,6 +39,13 @@ class TenantNotFound(DispatchError):
     code = "tenant_not_found"
 
 
+class RequestTimeout(DispatchError):
+    """The client did not send its whole body in time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(DispatchError):
     status = 413
     code = "payload_too_large"
@@ -58,6 +65,13 @@ class WorkerCrashed(DispatchError):
     code = "worker_crashed"
 
 
+class WorkerMemoryExceeded(DispatchError):
+    """The worker died for lack of memory under its ``memory_mb`` limit."""
+
+    status = 502
+    code = "worker_memory_exceeded"
+
+
 class ProtocolError(DispatchError):
     """A worker sent a frame that is too large or does not decode."""
 
@@ -68,6 +82,14 @@ class ProtocolError(DispatchError):
 class TenantBusy(DispatchError):
     status = 503
     code = "tenant_busy"
+    headers = (("retry-after", "1"),)
+
+
+class DispatcherBusy(DispatchError):
+    """The host-wide budget for request bodies in transit is spent."""
+
+    status = 503
+    code = "dispatcher_busy"
     headers = (("retry-after", "1"),)
 
 

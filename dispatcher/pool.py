@@ -35,24 +35,33 @@ log = logging.getLogger("dispatcher.pool")
 
 
 class TenantGate:
-    """Bounds the requests in flight and waiting for one tenant."""
+    """Bounds the requests in flight and waiting for one tenant.
 
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+    A request waits at most as long as it would be given to run: past that
+    the client learns the tenant is busy instead of waiting without end.
+    """
+
+    def __init__(self, max_concurrency: int, max_queue: int, max_wait_s: float) -> None:
         self.slots = asyncio.Semaphore(max_concurrency)
         self.max_queue = max_queue
+        self.max_wait_s = max_wait_s
         self.waiting = 0
 
     async def __aenter__(self) -> None:
-        if self.slots.locked():
-            if self.waiting >= self.max_queue:
-                raise TenantBusy("the tenant has too many requests waiting")
-            self.waiting += 1
-            try:
-                await self.slots.acquire()
-            finally:
-                self.waiting -= 1
-        else:
+        if not self.slots.locked():
             await self.slots.acquire()
+            return
+        if self.waiting >= self.max_queue:
+            raise TenantBusy("the tenant has too many requests waiting")
+
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise TenantBusy("the tenant stayed busy for the whole wait") from None
+        finally:
+            self.waiting -= 1
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.slots.release()
@@ -90,7 +99,9 @@ class WorkerPool:
         gate = self.gates.get(tenant.id)
         if gate is None:
             limits = tenant.config.limits
-            gate = TenantGate(limits.max_concurrency, limits.max_queue)
+            gate = TenantGate(
+                limits.max_concurrency, limits.max_queue, limits.timeout_ms / 1000
+            )
             self.gates[tenant.id] = gate
         return gate
 

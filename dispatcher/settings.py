@@ -21,6 +21,10 @@ class Settings:
     # The largest request body a tenant is sent; larger ones get 413 before
     # any worker sees them. Responses are held to the same size.
     max_body_bytes: int = 16 * MiB
+    # A body must arrive whole within this long (408 otherwise).
+    body_timeout_s: float = 30.0
+    # Bytes of request bodies held at once, all clients together (503 past).
+    max_held_body_bytes: int = 512 * MiB
     # How long a new worker may take to import its script and say Ready.
     startup_timeout_s: float = 10.0
     # How long a worker gets to exit after SIGTERM before SIGKILL.

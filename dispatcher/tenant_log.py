@@ -1,14 +1,16 @@
 """Each tenant's log: what its code printed, and what the runner reported.
 
 Lines arrive raw from a worker's log pipe (anything tenant code wrote to
-fds 1 and 2, bytes included) or from ``Log`` frames. Before a line goes
-anywhere it is decoded, stripped of control characters, cut to a bounded
-length, and every secret value of that tenant is replaced by the secret's
-name. Lines go to the ``tenant`` logger and to a short in-memory history per
-tenant.
+fds 1 and 2, bytes included) or in ``Log`` frames. Before a line goes
+anywhere it is decoded, every secret value of that tenant is replaced by
+the secret's name, control characters are replaced, and it is cut to a
+bounded length. Lines go to the ``tenant`` logger and to a short in-memory
+history per tenant.
 
-XXX: a tenant that prints without pause floods the dispatcher's log; a
-per-tenant line budget (drop and count past it) would bound that.
+Writing a log line is synchronous work on the dispatcher's event loop, so a
+tenant that prints without pause could stall every other tenant. Each
+tenant therefore has a line budget (a token bucket); lines over it are
+dropped and counted, and the count is logged once the budget allows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import re
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dispatcher.tenants import Tenant
@@ -24,7 +27,14 @@ from dispatcher.tenants import Tenant
 log = logging.getLogger("tenant")
 
 MAX_LINE_CHARS = 4096
+# A partial line is held up to this many bytes; the rest of an overlong line
+# is dropped. It covers MAX_LINE_CHARS of 4-byte characters plus a secret of
+# up to 1 KiB, so redaction always sees any secret that could be shown.
+MAX_HELD_BYTES = 4 * MAX_LINE_CHARS + 1024
+MAX_MESSAGE_CHARS = 64 * 1024
 HISTORY_LINES = 200
+LINES_PER_SECOND = 200.0
+LINE_BURST = 1000.0
 # Secrets shorter than this would redact ordinary words; they are weak
 # secrets anyway, and the redaction would give their value away by context.
 MIN_REDACTED_LENGTH = 4
@@ -41,25 +51,103 @@ class LogLine:
     text: str
 
 
+class LineBudget:
+    """A token bucket of log lines for one tenant."""
+
+    def __init__(self) -> None:
+        self.tokens = LINE_BURST
+        self.updated = time.monotonic()
+        self.dropped = 0
+
+    def take(self, wanted: int) -> int:
+        """How many of ``wanted`` lines may be written now; counts the rest."""
+        now = time.monotonic()
+        refill = (now - self.updated) * LINES_PER_SECOND
+        self.tokens = min(LINE_BURST, self.tokens + refill)
+        self.updated = now
+
+        granted = min(wanted, int(self.tokens))
+        self.tokens -= granted
+        self.dropped += wanted - granted
+        return granted
+
+
 class TenantLog:
-    """Redacts and records the log lines of every tenant."""
+    """Redacts, bounds and records the log lines of every tenant."""
 
     def __init__(self) -> None:
         self.history: dict[str, deque[LogLine]] = {}
+        self.budgets: dict[str, LineBudget] = {}
 
-    def emit(self, tenant: Tenant, pid: int, raw: bytes | str) -> None:
-        """Record one line (or a multi-line message) from a tenant's worker."""
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        text = redact(text, tenant)
-        lines = self.history.setdefault(tenant.id, deque(maxlen=HISTORY_LINES))
-        for line in text.rstrip("\n").split("\n"):
-            line = _CONTROL.sub("?", line)[:MAX_LINE_CHARS]
-            lines.append(LogLine(time.time(), pid, line))
-            log.info("tenant %s pid %d: %s", tenant.id, pid, line)
+    def emit_message(self, tenant: Tenant, pid: int, message: str) -> None:
+        """Record a message from a Log frame, one line per line of it."""
+        if len(message) > MAX_MESSAGE_CHARS:
+            cut = len(message) - MAX_MESSAGE_CHARS
+            message = f"{message[:MAX_MESSAGE_CHARS]} [{cut} characters cut]"
+        self.emit_lines(tenant, pid, message.rstrip("\n").split("\n"))
+
+    def emit_lines(
+        self, tenant: Tenant, pid: int, lines: Sequence[bytes | str]
+    ) -> None:
+        """Record whole lines, as far as the tenant's budget allows."""
+        budget = self.budgets.setdefault(tenant.id, LineBudget())
+        granted = budget.take(len(lines))
+        if granted and budget.dropped:
+            log.warning(
+                "tenant %s pid %d: %d log lines dropped, over %d lines/s",
+                tenant.id,
+                pid,
+                budget.dropped,
+                LINES_PER_SECOND,
+            )
+            budget.dropped = 0
+
+        history = self.history.setdefault(tenant.id, deque(maxlen=HISTORY_LINES))
+        for line in lines[:granted]:
+            if isinstance(line, bytes):
+                line = line.decode("utf-8", "replace")
+            text = clean_line(redact(line, tenant))
+            history.append(LogLine(time.time(), pid, text))
+            log.info("tenant %s pid %d: %s", tenant.id, pid, text)
+
+    def line_splitter(self, tenant: Tenant, pid: int) -> LineSplitter:
+        """A splitter that turns a worker's raw log pipe into lines here."""
+        return LineSplitter(self, tenant, pid)
 
     def recent(self, tenant_id: str) -> list[LogLine]:
         """The last lines of a tenant's log, oldest first."""
         return list(self.history.get(tenant_id, ()))
+
+
+class LineSplitter:
+    """Cuts a byte stream into lines, holding at most MAX_HELD_BYTES."""
+
+    def __init__(self, tenant_log: TenantLog, tenant: Tenant, pid: int) -> None:
+        self.tenant_log = tenant_log
+        self.tenant = tenant
+        self.pid = pid
+        self.held = b""
+
+    def feed(self, chunk: bytes) -> None:
+        """Add bytes from the pipe; emit every line they complete."""
+        lines = (self.held + chunk).split(b"\n")
+        self.held = lines.pop()[:MAX_HELD_BYTES]
+        if lines:
+            self.tenant_log.emit_lines(self.tenant, self.pid, lines)
+
+    def flush(self) -> None:
+        """Emit what is left once the pipe has closed."""
+        if self.held:
+            self.tenant_log.emit_lines(self.tenant, self.pid, [self.held])
+            self.held = b""
+
+
+def clean_line(line: str) -> str:
+    """Control characters replaced, cut to MAX_LINE_CHARS with a marker."""
+    line = _CONTROL.sub("?", line)
+    if len(line) > MAX_LINE_CHARS:
+        line = f"{line[:MAX_LINE_CHARS]} [line cut]"
+    return line
 
 
 def redact(text: str, tenant: Tenant) -> str:

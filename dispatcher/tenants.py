@@ -34,8 +34,10 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from sandbox_runner.frames import BindingValue
 
@@ -47,12 +49,16 @@ DEMO_SECRETS_FILE = "secrets.demo.toml"
 
 
 class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Per-tenant limits the dispatcher enforces."""
+    """Per-tenant limits the dispatcher enforces, with their allowed ranges.
 
-    timeout_ms: int = 10_000
-    memory_mb: int = 256
-    max_concurrency: int = 64
-    max_queue: int = 256
+    ``memory_mb`` starts at 128: below that an interpreter with the runner
+    loaded cannot take a request of any size.
+    """
+
+    timeout_ms: Annotated[int, Meta(ge=1, le=3_600_000)] = 10_000
+    memory_mb: Annotated[int, Meta(ge=128, le=65_536)] = 256
+    max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 64
+    max_queue: Annotated[int, Meta(ge=0, le=100_000)] = 256
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -95,22 +101,34 @@ def load_tenants(tenants_dir: Path, state_dir: Path) -> dict[str, Tenant]:
 
 
 def load_tenant(folder: Path, state_dir: Path) -> Tenant | None:
-    """Read one tenant folder, or None when it is not a valid tenant."""
-    if not folder.is_dir() or not (folder / "tenant.toml").is_file():
-        return None
-    if not is_valid_tenant_id(folder.name):
-        log.warning("skipping folder %s: not a valid tenant id", folder)
+    """Read one tenant folder, or None when it is not a tenant folder.
+
+    A folder whose ``tenant.toml`` is invalid is still a tenant: it is
+    marked failed with the reason, so that its requests say why (503)
+    rather than claim it does not exist (404).
+    """
+    if not is_tenant_folder(folder):
         return None
     try:
         config = read_tenant_config(folder)
     except ValueError as exc:
         log.error("tenant %s: tenant.toml is invalid: %s", folder.name, exc)
-        return None
+        return Tenant(folder.name, folder, TenantConfig(), problem=str(exc))
 
     tenant = Tenant(folder.name, folder.resolve(), config)
     tenant.bindings = dict(config.vars)
     resolve_secrets(tenant, state_dir)
     return tenant
+
+
+def is_tenant_folder(folder: Path) -> bool:
+    """A real folder (not a link to another tenant's) with a valid id."""
+    if folder.is_symlink() or not (folder / "tenant.toml").is_file():
+        return False
+    if not is_valid_tenant_id(folder.name):
+        log.warning("skipping folder %s: not a valid tenant id", folder)
+        return False
+    return True
 
 
 def read_tenant_config(folder: Path) -> TenantConfig:
@@ -121,10 +139,12 @@ def read_tenant_config(folder: Path) -> TenantConfig:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise ValueError(str(exc)) from None
 
-    script = Path(config.script)
-    if script.is_absolute() or ".." in script.parts:
-        raise ValueError(f"script {config.script!r} must be a path inside the folder")
-    if not (folder / script).is_file():
+    # Resolved, so that a symlink cannot point the script at another
+    # tenant's code.
+    script = (folder / config.script).resolve()
+    if not script.is_relative_to(folder.resolve()):
+        raise ValueError(f"script {config.script!r} must be a file inside the folder")
+    if not script.is_file():
         raise ValueError(f"script {config.script!r} does not exist")
     for name in [*config.vars, *config.secrets]:
         if not BINDING_NAME.fullmatch(name):

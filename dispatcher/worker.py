@@ -7,15 +7,22 @@ writing its own answer would deadlock both.
 
 Every frame from a worker is untrusted input - tenant code shares its
 process with the runner and can write frames of its own. So a frame is size
-capped and decoded into the expected types only, and an answer counts only
-for a request id that is in flight on this very worker.
+capped and decoded into the expected types only, a response is checked
+against the rules of HTTP again, and an answer counts only for a request id
+that is in flight on this very worker.
+
+A worker leads its own process group, so that stopping it also stops any
+process it managed to start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -28,12 +35,14 @@ from dispatcher.errors import (
     ProtocolError,
     WorkerBootFailed,
     WorkerCrashed,
+    WorkerMemoryExceeded,
     WorkerTimeout,
 )
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant
 from sandbox_runner import frames
+from sandbox_runner.responses import response_problem
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -43,6 +52,9 @@ WORKER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 WORKER_COMMAND = (sys.executable, "-I", "-B", "-m", "sandbox_runner")
 
 LOG_CHUNK_BYTES = 64 * 1024
+# How long to wait for the exit code of a worker whose pipe closed, to tell
+# a crash from running out of memory.
+EXIT_CODE_WAIT_S = 0.5
 
 
 class Worker:
@@ -83,6 +95,7 @@ class Worker:
                 env=WORKER_ENVIRONMENT,
                 cwd=tenant.dir,
                 limit=1024 * 1024,
+                start_new_session=True,
             )
         except OSError as exc:
             # Out of processes or descriptors on the host: not the tenant's
@@ -97,19 +110,20 @@ class Worker:
         """Send Boot, wait for Ready, then start reading frames and logs."""
         started = time.perf_counter()
         self.tasks.append(asyncio.create_task(self.read_log()))
-        self.write(self.boot_frame())
         try:
+            self.write(self.boot_frame())
             async with asyncio.timeout(self.settings.startup_timeout_s):
                 ready = await self.read_ready()
         except (TimeoutError, DispatchError, OSError) as exc:
             await self.kill()
-            raise await self.boot_failure(exc) from None
+            raise self.boot_failure(exc) from None
         except asyncio.CancelledError:
             await self.kill()
             raise
 
         self.startup_ms = (time.perf_counter() - started) * 1000
         self.tasks.append(asyncio.create_task(self.read_frames()))
+        self.tasks.append(asyncio.create_task(self.watch_exit()))
         log.info(
             "worker started for tenant %s, pid %d, in %.1f ms (runner %.1f ms)",
             self.tenant.id,
@@ -135,7 +149,7 @@ class Worker:
         while True:
             frame = await self.read_frame()
             if isinstance(frame, frames.Log):
-                self.tenant_log.emit(self.tenant, self.pid, frame.message)
+                self.tenant_log.emit_message(self.tenant, self.pid, frame.message)
                 continue
             if isinstance(frame, frames.Ready):
                 if frame.protocol != frames.PROTOCOL_VERSION:
@@ -146,7 +160,7 @@ class Worker:
                 return frame
             raise ProtocolError(f"expected a ready frame, got {type(frame).__name__}")
 
-    async def boot_failure(self, exc: BaseException) -> WorkerBootFailed:
+    def boot_failure(self, exc: BaseException) -> WorkerBootFailed:
         """Explain why a worker never became ready, from its exit code."""
         code = self.process.returncode
         if code == frames.EXIT_LOAD_FAILED:
@@ -154,9 +168,8 @@ class Worker:
         elif code == frames.EXIT_CONFINEMENT_FAILED:
             reason = "the worker could not confine itself"
         elif isinstance(exc, TimeoutError):
-            reason = (
-                f"the worker was not ready within {self.settings.startup_timeout_s} s"
-            )
+            limit = self.settings.startup_timeout_s
+            reason = f"the worker was not ready within {limit:g} s"
         else:
             reason = f"the worker exited during start-up (exit code {code})"
         log.error(
@@ -185,13 +198,31 @@ class Worker:
         try:
             while True:
                 self.accept(await self.read_frame())
+        except WorkerCrashed:
+            await self.stop_after_failure(await self.exit_error())
         except DispatchError as exc:
             await self.stop_after_failure(exc)
+
+    async def watch_exit(self) -> None:
+        """Notice an exit even while a child of the worker holds its pipes."""
+        await self.process.wait()
+        await self.stop_after_failure(await self.exit_error())
+
+    async def exit_error(self) -> DispatchError:
+        """The error for requests in flight on a worker that went away."""
+        try:
+            async with asyncio.timeout(EXIT_CODE_WAIT_S):
+                code = await self.process.wait()
+        except TimeoutError:
+            return WorkerCrashed("the worker closed its pipe")
+        if code == frames.EXIT_OUT_OF_MEMORY or code == -signal.SIGSEGV:
+            return WorkerMemoryExceeded("the worker ran out of memory")
+        return WorkerCrashed(f"the worker exited (exit code {code})")
 
     def accept(self, frame: frames.ToHost) -> None:
         """Settle the request a Response or Failure answers; log the rest."""
         if isinstance(frame, frames.Log):
-            self.tenant_log.emit(self.tenant, self.pid, frame.message)
+            self.tenant_log.emit_message(self.tenant, self.pid, frame.message)
             return
         if isinstance(frame, frames.Ready):
             raise ProtocolError("the worker sent a second ready frame")
@@ -206,21 +237,29 @@ class Worker:
                 frame.id,
             )
             return
-        if isinstance(frame, frames.Response):
-            future.set_result(frame)
-        else:
+        if isinstance(frame, frames.Failure):
             future.set_exception(failure_error(frame))
+            return
+        problem = response_problem(
+            frame.status, frame.headers, frame.body, self.settings.max_body_bytes
+        )
+        if problem is not None:
+            raise ProtocolError(f"the worker sent a response HTTP forbids: {problem}")
+        future.set_result(frame)
 
     async def call(self, request: frames.Request) -> frames.Response:
         """Send one request and wait for its answer, within the time limit."""
         if not self.alive:
             raise WorkerCrashed("the worker exited")
         request.id = next(self.ids)
-        future: asyncio.Future[frames.Response] = (
-            asyncio.get_running_loop().create_future()
-        )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[frames.Response] = loop.create_future()
         self.pending[request.id] = future
-        self.write(request)
+        try:
+            self.write(request)
+        except WorkerCrashed as exc:
+            await self.stop_after_failure(exc)
+            raise
 
         timeout_s = self.tenant.config.limits.timeout_ms / 1000
         try:
@@ -268,10 +307,11 @@ class Worker:
         self.pending.clear()
         await self.kill()
         log.warning(
-            "tenant %s: worker pid %d is gone (%s, exit code %s)",
+            "tenant %s: worker pid %d is gone (%s: %s, exit code %s)",
             self.tenant.id,
             self.pid,
             error.code,
+            error.message,
             self.process.returncode,
         )
 
@@ -285,16 +325,22 @@ class Worker:
         """TERM, then KILL after the grace period; always reaps the child."""
         self.mark_gone()
         if self.process.returncode is None:
+            self.signal_group(signal.SIGTERM)
             try:
-                self.process.terminate()
                 async with asyncio.timeout(self.settings.kill_grace_s):
                     await self.process.wait()
             except TimeoutError:
-                self.process.kill()
-            except ProcessLookupError:
                 pass
+        # Whatever is left in the group - the worker itself, or a process it
+        # forked - goes now.
+        self.signal_group(signal.SIGKILL)
         await self.process.wait()
         self.close_pipes()
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the worker's process group, if any is left."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signum)
 
     def close_pipes(self) -> None:
         stdin = self.process.stdin
@@ -321,17 +367,10 @@ class Worker:
         """Forward whatever the worker writes to fds 1 and 2 to its log."""
         stderr = self.process.stderr
         assert stderr is not None
-        partial = b""
+        lines = self.tenant_log.line_splitter(self.tenant, self.pid)
         while chunk := await stderr.read(LOG_CHUNK_BYTES):
-            lines = (partial + chunk).split(b"\n")
-            partial = lines.pop()
-            if len(partial) > LOG_CHUNK_BYTES:
-                lines.append(partial)
-                partial = b""
-            for line in lines:
-                self.tenant_log.emit(self.tenant, self.pid, line)
-        if partial:
-            self.tenant_log.emit(self.tenant, self.pid, partial)
+            lines.feed(chunk)
+        lines.flush()
 
 
 def failure_error(frame: frames.Failure) -> DispatchError:

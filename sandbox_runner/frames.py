@@ -143,3 +143,4 @@ def worker_decoder() -> msgspec.msgpack.Decoder[ToWorker]:
 # start" from "this worker crashed" and stop respawning a broken tenant.
 EXIT_LOAD_FAILED = 70
 EXIT_CONFINEMENT_FAILED = 71
+EXIT_OUT_OF_MEMORY = 72

@@ -76,11 +76,11 @@ class Request:
     def __init__(
         self, method: str, url: str, headers: HeaderPairs, body: bytes
     ) -> None:
-        parts = urlsplit(url)
+        path, query = _path_and_query(url)
         self.method = method
         self.url = url
-        self.path = parts.path or "/"
-        self.query_string = parts.query
+        self.path = path or "/"
+        self.query_string = query
         self.headers = Headers(headers)
         self.body = body
 
@@ -99,6 +99,19 @@ class Request:
             return msgspec.json.decode(self.body)
         except msgspec.DecodeError as exc:
             raise ValueError(f"request body is not valid JSON: {exc}") from None
+
+
+def _path_and_query(url: str) -> tuple[str, str]:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # The client's Host header made the URL unparseable (``Host: [``);
+        # path and query are still whatever follows the authority.
+        after_scheme = url.partition("://")[2]
+        target = after_scheme[after_scheme.find("/") :] if "/" in after_scheme else ""
+        path, _, query = target.partition("?")
+        return path, query
+    return parts.path, parts.query
 
 
 class Response:

@@ -16,7 +16,6 @@ import asyncio
 import importlib.util
 import inspect
 import os
-import re
 import sys
 import time
 import traceback
@@ -27,11 +26,9 @@ import msgspec
 
 from sandbox_runner import frames, runtime
 from sandbox_runner.confine import FrameChannel, confine, take_frame_channel
+from sandbox_runner.responses import InvalidResponse, as_response, checked_parts
 
 Fetch = Callable[[runtime.Request, runtime.Env, runtime.Context], Awaitable[Any]]
-
-_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-_BAD_HEADER_VALUE = re.compile(r"[\r\n\x00]")
 
 
 class ScriptLoadError(Exception):
@@ -149,6 +146,10 @@ class Runner:
                 frame = self.decoder.decode(await reader.readexactly(length))
             except asyncio.IncompleteReadError:
                 return  # the host is gone: nobody is left to answer
+            except MemoryError:
+                # The frame does not fit under memory_mb; half of it is
+                # still on the pipe, so the stream cannot go on.
+                os._exit(frames.EXIT_OUT_OF_MEMORY)
             if isinstance(frame, frames.Request):
                 task = asyncio.create_task(self.handle(frame))
                 self.tasks[frame.id] = task
@@ -175,22 +176,37 @@ class Runner:
 
     async def handle(self, frame: frames.Request) -> None:
         """Run ``fetch`` for one request and send back its outcome."""
-        request = runtime.Request(frame.method, frame.url, frame.headers, frame.body)
-        ctx = runtime.Context(self.tenant, frame.request_id)
         try:
+            request = runtime.Request(
+                frame.method, frame.url, frame.headers, frame.body
+            )
+            ctx = runtime.Context(self.tenant, frame.request_id)
             result = await self.fetch(request, self.env, ctx)
             answer: object = self.to_response_frame(frame.id, result)
         except asyncio.CancelledError:
-            return
-        except Exception as exc:  # noqa: BLE001 - any tenant error is reported
+            if self.was_cancelled_by_host():
+                return
+            answer = self.failure_for(frame.id, sys.exc_info()[1])
+        # Tenant code may raise anything, SystemExit and BaseException
+        # subclasses included; none of it may end the worker or the request.
+        except BaseException as exc:  # noqa: BLE001
             answer = self.failure_for(frame.id, exc)
         finally:
             self.tasks.pop(frame.id, None)
         self.send(answer)
 
-    def failure_for(self, request_id: int, exc: BaseException) -> frames.Failure:
+    def was_cancelled_by_host(self) -> bool:
+        """True when this task was cancelled by a Cancel frame.
+
+        Tenant code can raise CancelledError itself (or await a task that
+        was cancelled); that is a failure of the request, not a cancel.
+        """
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+
+    def failure_for(self, request_id: int, exc: BaseException | None) -> frames.Failure:
         """Log the traceback for the tenant; give the client only its type."""
-        text = "".join(traceback.format_exception(exc))
+        text = "".join(traceback.format_exception(exc)) if exc else "no exception"
         self.send(frames.Log(level="error", message=f"fetch raised:\n{text}"))
         if isinstance(exc, InvalidResponse):
             message = str(exc)
@@ -200,48 +216,6 @@ class Runner:
 
     def to_response_frame(self, request_id: int, result: Any) -> frames.Response:
         """Turn whatever ``fetch`` returned into a checked Response frame."""
-        response = as_response(result)
-        check_response(response, self.max_frame_bytes - frames.FRAME_OVERHEAD_BYTES)
-        return frames.Response(
-            request_id, response.status, response.headers, response.body
-        )
-
-
-class InvalidResponse(ValueError):
-    """``fetch`` returned something that is not a valid HTTP response."""
-
-
-def as_response(result: Any) -> runtime.Response:
-    """Map a return value of ``fetch`` to a Response, as documented."""
-    if isinstance(result, runtime.Response):
-        return result
-    if isinstance(result, (dict, list)):
-        return runtime.Response.json(result)
-    if isinstance(result, str):
-        return runtime.Response(result, 200, [("content-type", TEXT_PLAIN)])
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        return runtime.Response(bytes(result), 200, [("content-type", OCTETS)])
-    if result is None:
-        return runtime.Response(b"", 204)
-    raise InvalidResponse(
-        f"fetch returned {type(result).__name__}; expected Response, dict, "
-        "list, str, bytes or None"
-    )
-
-
-TEXT_PLAIN = "text/plain; charset=utf-8"
-OCTETS = "application/octet-stream"
-
-
-def check_response(response: runtime.Response, max_body_bytes: int) -> None:
-    """Refuse a status, header or body size that HTTP cannot carry."""
-    if not 200 <= response.status <= 599:
-        raise InvalidResponse(f"status {response.status} is not in 200-599")
-    for name, value in response.headers:
-        if not _HEADER_NAME.match(name) or _BAD_HEADER_VALUE.search(value):
-            raise InvalidResponse(f"header {name!r} is not a valid HTTP header")
-    if len(response.body) > max_body_bytes:
-        raise InvalidResponse(
-            f"response body of {len(response.body)} bytes is over the "
-            f"limit of {max_body_bytes}"
-        )
+        max_body_bytes = self.max_frame_bytes - frames.FRAME_OVERHEAD_BYTES
+        status, headers, body = checked_parts(as_response(result), max_body_bytes)
+        return frames.Response(request_id, status, headers, body)

@@ -41,6 +41,7 @@ class DispatcherProcess:
         command = [
             sys.executable, "-m", "dispatcher", "run", "--port", "0",
             "--tenants", str(tenants_dir), "--state", str(state_dir),
+            "--body-timeout", "3",
         ]  # fmt: skip
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(
@@ -86,11 +87,20 @@ def make_tenants_dir(target: Path) -> Path:
         for folder in source.iterdir():
             if folder.is_dir():
                 shutil.copytree(folder, target / folder.name)
-    broken = target / "broken"
-    broken.mkdir()
-    (broken / "tenant.toml").write_text('script = "worker.py"\n')
-    (broken / "worker.py").write_text(BROKEN_SCRIPT)
+    add_tenant(target / "broken", 'script = "worker.py"\n', BROKEN_SCRIPT)
+    add_tenant(target / "bad-limits", "[limits]\ntimeout_ms = 0\n", "")
+    linked = add_tenant(target / "linked-script", 'script = "worker.py"\n', "")
+    (linked / "worker.py").unlink()
+    (linked / "worker.py").symlink_to(target / "echo" / "worker.py")
     return target
+
+
+def add_tenant(folder: Path, toml: str, script: str) -> Path:
+    """A tenant folder made on the spot, for cases a repo file cannot hold."""
+    folder.mkdir()
+    (folder / "tenant.toml").write_text(toml)
+    (folder / "worker.py").write_text(script)
+    return folder
 
 
 @pytest.fixture(scope="session")

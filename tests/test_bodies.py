@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 
 import httpx
 import pytest
 
-from tests.conftest import DispatcherProcess, error_of
+from tests.conftest import DispatcherProcess, error_of, raw_exchange
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -114,3 +115,18 @@ async def test_unread_body_keeps_the_connection_usable(
     assert answer_one.endswith(b"ignored")
     assert answer_two.startswith(b"HTTP/1.1 200")
     assert b'"pid"' in answer_two
+
+
+async def test_body_that_never_finishes_is_408(dispatcher: DispatcherProcess) -> None:
+    """A client trickling its body cannot hold the dispatcher's memory forever."""
+    request = (
+        b"POST / HTTP/1.1\r\nHost: t\r\nx-customer-id: echo\r\n"
+        b"Content-Length: 100\r\n\r\nonly ten b"
+    )
+
+    started = time.monotonic()
+    answer = await asyncio.to_thread(raw_exchange, dispatcher.url, request)
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
+    assert time.monotonic() - started < 6
