@@ -31,6 +31,7 @@ from dispatcher.errors import (
     TenantNotFound,
 )
 from dispatcher.pool import WorkerPool
+from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
@@ -62,10 +63,10 @@ OWNED_HEADERS = frozenset(
 class Dispatcher:
     """Routes each request to its tenant's worker; see the module note."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sandbox: SandboxPolicy) -> None:
         self.settings = settings
         self.tenant_log = TenantLog()
-        self.pool = WorkerPool(settings, self.tenant_log)
+        self.pool = WorkerPool(settings, self.tenant_log, sandbox)
         self.tenants: dict[str, Tenant] = {}
         self.body_budget = BodyBudget(settings.max_held_body_bytes)
         self.operator_app = build_operator_app(self)

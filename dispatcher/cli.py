@@ -20,6 +20,7 @@ import uvicorn
 
 from dispatcher.app import Dispatcher
 from dispatcher.http_protocol import SwitchyardHttpProtocol
+from dispatcher.sandbox import SandboxUnavailable, build_sandbox_policy
 from dispatcher.settings import Settings
 from dispatcher.tenants import load_tenant
 from dispatcher.webhook_signing import SIGNERS, sender_for_secrets
@@ -75,6 +76,11 @@ def run_command(args: argparse.Namespace) -> int:
         body_timeout_s=args.body_timeout,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        sandbox = build_sandbox_policy(settings.state_dir)
+    except SandboxUnavailable as exc:
+        log.error("%s", exc)
+        return 1
 
     listener = socket.create_server((settings.host, settings.port))
     host, port = listener.getsockname()[:2]
@@ -82,7 +88,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     raise_open_files_limit()
     config = uvicorn.Config(
-        Dispatcher(settings),
+        Dispatcher(settings, sandbox),
         http=SwitchyardHttpProtocol,
         log_config=None,
         access_log=False,

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
+from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant
@@ -78,8 +79,11 @@ class BootFailure:
 class WorkerPool:
     """Every warm worker of this dispatcher, all tenants together."""
 
-    def __init__(self, settings: Settings, tenant_log: TenantLog) -> None:
+    def __init__(
+        self, settings: Settings, tenant_log: TenantLog, sandbox: SandboxPolicy
+    ) -> None:
         self.settings = settings
+        self.sandbox = sandbox
         self.tenant_log = tenant_log
         self.workers: dict[str, Worker] = {}
         self.starting: dict[str, asyncio.Task[Worker]] = {}
@@ -129,7 +133,9 @@ class WorkerPool:
     async def spawn_worker(self, tenant: Tenant) -> Worker:
         """Start a worker and make it the tenant's; remember a boot failure."""
         try:
-            worker = await Worker.spawn(tenant, self.settings, self.tenant_log)
+            worker = await Worker.spawn(
+                tenant, self.settings, self.tenant_log, self.sandbox
+            )
         except WorkerBootFailed as exc:
             retry_at = time.monotonic() + self.settings.boot_retry_after_s
             self.boot_failures[tenant.id] = BootFailure(exc, retry_at)

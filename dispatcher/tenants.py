@@ -59,6 +59,8 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     memory_mb: Annotated[int, Meta(ge=128, le=65_536)] = 256
     max_concurrency: Annotated[int, Meta(ge=1, le=10_000)] = 64
     max_queue: Annotated[int, Meta(ge=0, le=100_000)] = 256
+    # A worker's lifetime CPU budget; spent, the worker is replaced.
+    cpu_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 3600
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -38,6 +38,7 @@ from dispatcher.errors import (
     WorkerMemoryExceeded,
     WorkerTimeout,
 )
+from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant
@@ -66,8 +67,10 @@ class Worker:
         process: asyncio.subprocess.Process,
         settings: Settings,
         tenant_log: TenantLog,
+        sandbox: SandboxPolicy,
     ) -> None:
         self.tenant = tenant
+        self.sandbox = sandbox
         self.process = process
         self.pid = process.pid
         self.settings = settings
@@ -80,10 +83,15 @@ class Worker:
         self.on_exit: Callable[[Worker], None] = lambda worker: None
         self.tasks: list[asyncio.Task[None]] = []
         self.startup_ms = 0.0
+        self.layers: list[str] = []
 
     @classmethod
     async def spawn(
-        cls, tenant: Tenant, settings: Settings, tenant_log: TenantLog
+        cls,
+        tenant: Tenant,
+        settings: Settings,
+        tenant_log: TenantLog,
+        sandbox: SandboxPolicy,
     ) -> Worker:
         """Start a worker, boot it, and return once it is Ready."""
         try:
@@ -102,7 +110,7 @@ class Worker:
             # fault, but it cannot be served until that clears.
             log.error("tenant %s: cannot start a worker: %s", tenant.id, exc)
             raise WorkerBootFailed("the host could not start a worker") from None
-        worker = cls(tenant, process, settings, tenant_log)
+        worker = cls(tenant, process, settings, tenant_log, sandbox)
         await worker.boot()
         return worker
 
@@ -125,12 +133,15 @@ class Worker:
         self.tasks.append(asyncio.create_task(self.read_frames()))
         self.tasks.append(asyncio.create_task(self.watch_exit()))
         log.info(
-            "worker started for tenant %s, pid %d, in %.1f ms (runner %.1f ms)",
+            "worker started for tenant %s, pid %d, in %.1f ms (runner %.1f ms); "
+            "confined by %s",
             self.tenant.id,
             self.pid,
             self.startup_ms,
             ready.startup_ms,
+            ", ".join(ready.layers),
         )
+        self.layers = ready.layers
 
     def boot_frame(self) -> frames.Boot:
         config = self.tenant.config
@@ -141,7 +152,11 @@ class Worker:
             bindings=self.tenant.bindings,
             secret_names=list(config.secrets),
             memory_mb=config.limits.memory_mb,
+            cpu_seconds=config.limits.cpu_seconds,
             max_frame_bytes=self.settings.max_frame_bytes,
+            seccomp_program=self.sandbox.seccomp_program,
+            scratch_dir=str(self.sandbox.scratch_dir_for(self.tenant.id)),
+            uid=self.sandbox.uid_for(self.tenant.id),
         )
 
     async def read_ready(self) -> frames.Ready:

@@ -6,8 +6,25 @@ two frame pipes to private descriptors and points fd 0 at ``/dev/null`` and
 fds 1 and 2 at the log pipe, so whatever tenant code prints - even raw
 bytes written to fd 1 - lands in its log and never in the frame stream.
 
-``confine`` then applies, in order: close every other inherited descriptor,
-clear the environment, change to the tenant's folder, set resource limits.
+``confine`` then applies, in this order, each step narrowing what the next
+may do:
+
+1. die with the dispatcher (``PR_SET_PDEATHSIG``);
+2. close every other inherited descriptor;
+3. clear the environment;
+4. as root: a private mount namespace, the scratch tmpfs, and the
+   interpreter made reachable for an unprivileged uid (``filesystem.py``);
+5. change to the tenant's folder;
+6. resource limits (below);
+7. as root: drop to the tenant's own uid, not dumpable;
+8. ``PR_SET_NO_NEW_PRIVS``;
+9. Landlock: read-only access to the interpreter and the tenant's folder,
+   read-write to its scratch folder, no TCP, no signals or abstract
+   sockets beyond its own process (``landlock.py``).
+
+The seccomp filter (``seccomp.py``) comes last, from ``apply_syscall_filter``,
+once the caller has created its event loop: the loop's self-pipe is a
+``socketpair``, which the filter refuses.
 
 Resource limits, and why each value:
 
@@ -17,13 +34,16 @@ Resource limits, and why each value:
   descriptors fails with ``OSError`` long before the host's table fills.
 - ``RLIMIT_FSIZE`` 64 MiB: no single file write can fill the disk.
 - ``RLIMIT_CORE`` 0: a crash never dumps a core holding secret values.
+- ``RLIMIT_CPU`` from ``cpu_seconds``: a lifetime budget of the worker, not
+  a per-request limit (the dispatcher's wall clock is that); a worker that
+  spends it is killed and replaced.
+- ``RLIMIT_NPROC`` 64 once the worker has a uid of its own: threads count
+  against it (forks are refused outright by seccomp). With the
+  dispatcher's uid it would count the dispatcher's processes too.
 
 Limits are only ever lowered: even root cannot raise a hard limit here.
-
-XXX: the seccomp allowlist, the privilege drop and Landlock are not applied
-yet; the worker is a separate process with a clean environment and limits,
-but it can still open sockets and read files its uid can read. The place for
-them is the end of ``confine``, after the limits.
+Each layer the kernel lacks is skipped, and the worker reports the layers it
+has in its Ready frame.
 """
 
 from __future__ import annotations
@@ -36,9 +56,32 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from sandbox_runner import landlock, seccomp
+from sandbox_runner.filesystem import (
+    drop_privileges,
+    enter_private_mount_namespace,
+    expose_to_others,
+    mount_scratch,
+)
+from sandbox_runner.frames import Boot
+
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
 OPEN_FILES_LIMIT = 64
+PROCESS_LIMIT = 64
 FILE_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+
+# System files any program may read: shared libraries the interpreter's
+# extension modules load, and time zone data. Nothing here is a secret.
+SYSTEM_READ_PATHS = (
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/localtime",
+    "/dev/urandom",
+)
 
 # Private descriptors for the frame pipes: high enough that tenant code
 # opening files does not stumble on them, below the open-files limit.
@@ -77,13 +120,81 @@ def _line_writer(fd: int) -> io.TextIOWrapper:
     )
 
 
-def confine(channel: FrameChannel, tenant_dir: str, memory_mb: int) -> None:
-    """Apply every confinement step this worker supports, in order."""
+def confine(channel: FrameChannel, boot: Boot) -> list[str]:
+    """Apply steps 1-9 of the module note; return the layers now active."""
+    layers = ["rlimits"]
     die_with_parent(channel.parent_pid)
     close_inherited_fds(keep=(0, 1, 2, channel.read_fd, channel.write_fd))
     os.environ.clear()
-    os.chdir(tenant_dir)
-    set_resource_limits(memory_mb)
+
+    as_root = os.geteuid() == 0 and boot.uid is not None
+    if as_root:
+        layers += isolate_filesystem(boot)
+    os.chdir(boot.tenant_dir)
+    os.environ["TMPDIR"] = boot.scratch_dir
+    set_resource_limits(boot, own_uid=as_root)
+
+    if as_root and boot.uid is not None:
+        drop_privileges(boot.uid)
+        set_not_dumpable()
+        # The kernel clears the parent-death signal on a change of uid.
+        die_with_parent(channel.parent_pid)
+        layers.append(f"uid {boot.uid}")
+    set_no_new_privs()
+    layers += restrict_paths(boot)
+    return layers
+
+
+def isolate_filesystem(boot: Boot) -> list[str]:
+    """Private mounts: scratch tmpfs, interpreter reachable after the drop."""
+    assert boot.uid is not None
+    enter_private_mount_namespace()
+    covered = expose_to_others([*paths_to_read(boot), boot.scratch_dir])
+    mount_scratch(boot.scratch_dir, boot.uid)
+    return ["mount namespace", *(f"covered {path}" for path in covered)]
+
+
+def paths_to_read(boot: Boot) -> list[str]:
+    """What the worker reads from: interpreter, libraries, its folder."""
+    import sandbox_runner
+
+    interpreter = [sys.base_prefix, sys.prefix, *sys.path]
+    runner = [os.path.dirname(os.path.abspath(sandbox_runner.__file__))]
+    wanted = [*interpreter, *runner, boot.tenant_dir]
+    return [path for path in dict.fromkeys(wanted) if path and os.path.exists(path)]
+
+
+def restrict_paths(boot: Boot) -> list[str]:
+    """Apply Landlock; an empty list when the kernel has none."""
+    result = landlock.restrict_self(
+        read_only=[*paths_to_read(boot), *SYSTEM_READ_PATHS],
+        read_write=[boot.scratch_dir, os.devnull],
+    )
+    if not result.abi:
+        return []
+    return [f"landlock v{result.abi} ({', '.join(result.layers)})"]
+
+
+def apply_syscall_filter(program: bytes) -> str:
+    """Load the seccomp filter; the last step, after the event loop exists."""
+    seccomp.load_program(program)
+    return "seccomp"
+
+
+def set_no_new_privs() -> None:
+    """No exec can ever grant privileges again (and seccomp requires it)."""
+    _prctl(PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")
+
+
+def set_not_dumpable() -> None:
+    """Other processes of this uid cannot ptrace or read /proc/<pid>/mem."""
+    _prctl(PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
+
+
+def _prctl(option: int, value: int, name: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({name}) failed")
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -93,9 +204,7 @@ def die_with_parent(parent_pid: int) -> None:
     frame pipe, but one stuck in a CPU loop never reads it and would outlive
     a dispatcher killed with SIGKILL.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")
     if os.getppid() != parent_pid:
         # The parent died before the request was made: nobody will ask.
         os._exit(1)
@@ -113,17 +222,22 @@ def close_inherited_fds(keep: tuple[int, ...]) -> None:
         start = fd + 1
 
 
-def set_resource_limits(memory_mb: int) -> None:
+def set_resource_limits(boot: Boot, own_uid: bool) -> None:
     """Lower the worker's resource limits; see the module note for values."""
-    lower_limit(resource.RLIMIT_AS, memory_mb * 1024 * 1024)
+    lower_limit(resource.RLIMIT_AS, boot.memory_mb * 1024 * 1024)
     lower_limit(resource.RLIMIT_NOFILE, OPEN_FILES_LIMIT)
     lower_limit(resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT_BYTES)
     lower_limit(resource.RLIMIT_CORE, 0)
+    # Soft then hard: SIGXCPU first, SIGKILL if it is ignored.
+    lower_limit(resource.RLIMIT_CPU, boot.cpu_seconds, boot.cpu_seconds + 5)
+    if own_uid:
+        lower_limit(resource.RLIMIT_NPROC, PROCESS_LIMIT)
 
 
-def lower_limit(which: int, value: int) -> None:
-    """Set soft and hard limit to ``value``, never above the current hard."""
-    _, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY:
-        value = min(value, hard)
-    resource.setrlimit(which, (value, value))
+def lower_limit(which: int, soft: int, hard: int | None = None) -> None:
+    """Set the soft and hard limit, never above the current hard limit."""
+    hard = soft if hard is None else hard
+    _, current = resource.getrlimit(which)
+    if current != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current), min(hard, current)
+    resource.setrlimit(which, (soft, hard))

@@ -45,7 +45,14 @@ class Boot(msgspec.Struct, tag="boot", tag_field="t"):
     bindings: dict[str, BindingValue]
     secret_names: list[str]
     memory_mb: int
+    cpu_seconds: int
     max_frame_bytes: int
+    # The seccomp filter, compiled once by the host (see seccomp.py).
+    seccomp_program: bytes
+    # Where the tenant may write; a private tmpfs when the host is root.
+    scratch_dir: str
+    # The uid to drop to when started as root; None keeps the host's.
+    uid: int | None
 
 
 class Request(msgspec.Struct, tag="request", tag_field="t"):
@@ -75,6 +82,8 @@ class Ready(msgspec.Struct, tag="ready", tag_field="t"):
     protocol: int
     pid: int
     startup_ms: float
+    # The confinement layers in force, for the operator's log.
+    layers: list[str]
 
 
 class Response(msgspec.Struct, tag="response", tag_field="t"):

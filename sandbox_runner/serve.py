@@ -24,8 +24,13 @@ from typing import Any
 
 import msgspec
 
-from sandbox_runner import frames, runtime
-from sandbox_runner.confine import FrameChannel, confine, take_frame_channel
+from sandbox_runner import audit, frames, runtime
+from sandbox_runner.confine import (
+    FrameChannel,
+    apply_syscall_filter,
+    confine,
+    take_frame_channel,
+)
 from sandbox_runner.responses import InvalidResponse, as_response, checked_parts
 
 Fetch = Callable[[runtime.Request, runtime.Env, runtime.Context], Awaitable[Any]]
@@ -41,19 +46,25 @@ def main() -> None:
     channel = take_frame_channel()
     boot = read_boot_frame(channel.read_fd)
 
-    confine(channel, boot.tenant_dir, boot.memory_mb)
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
+    try:
+        layers = confine(channel, boot)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        layers.append(apply_syscall_filter(boot.seccomp_program))
+    except Exception as exc:  # noqa: BLE001 - reported, then a reserved exit
+        report_boot_failure(channel, "the worker could not confine itself", exc)
+        os._exit(frames.EXIT_CONFINEMENT_FAILED)
+    refusals = audit.install()
 
     try:
         fetch = load_script(boot.tenant_dir, boot.script)
-    except ScriptLoadError:
-        report_load_failure(channel)
+    except ScriptLoadError as exc:
+        report_boot_failure(channel, "script failed to load", exc.__cause__ or exc)
         os._exit(frames.EXIT_LOAD_FAILED)
 
     startup_ms = (time.perf_counter() - started) * 1000
-    runner = Runner(channel, boot, fetch)
-    loop.run_until_complete(runner.serve(startup_ms))
+    runner = Runner(channel, boot, fetch, refusals)
+    loop.run_until_complete(runner.serve(startup_ms, layers))
     os._exit(0)
 
 
@@ -95,15 +106,10 @@ def load_script(tenant_dir: str, script: str) -> Fetch:
     return fetch
 
 
-def report_load_failure(channel: FrameChannel) -> None:
-    """Tell the host why the script did not load, then let the caller exit."""
-    exc = sys.exc_info()[1]
-    cause = exc.__cause__ if exc is not None else None
-    if cause is not None:
-        text = "".join(traceback.format_exception(cause))
-    else:
-        text = f"{exc}\n"
-    log = frames.Log(level="error", message=f"script failed to load:\n{text}")
+def report_boot_failure(channel: FrameChannel, what: str, exc: BaseException) -> None:
+    """Tell the host why the worker cannot serve; the caller then exits."""
+    text = "".join(traceback.format_exception(exc))
+    log = frames.Log(level="error", message=f"{what}:\n{text}")
     encoder = msgspec.msgpack.Encoder()
     os.write(channel.write_fd, frames.encode_frame(encoder, log))
 
@@ -111,17 +117,24 @@ def report_load_failure(channel: FrameChannel) -> None:
 class Runner:
     """Serves ``Request`` frames for one loaded script."""
 
-    def __init__(self, channel: FrameChannel, boot: frames.Boot, fetch: Fetch) -> None:
+    def __init__(
+        self,
+        channel: FrameChannel,
+        boot: frames.Boot,
+        fetch: Fetch,
+        refusals: audit.RefusalLog,
+    ) -> None:
         self.channel = channel
         self.tenant = boot.tenant
         self.max_frame_bytes = boot.max_frame_bytes
         self.env = runtime.Env(boot.bindings)
         self.fetch = fetch
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.refusals = refusals
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = frames.worker_decoder()
 
-    async def serve(self, startup_ms: float) -> None:
+    async def serve(self, startup_ms: float, layers: list[str]) -> None:
         """Announce readiness, then handle frames until told to stop."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=2**16, loop=loop)
@@ -134,7 +147,9 @@ class Runner:
         )
         self.transport = transport
 
-        self.send(frames.Ready(frames.PROTOCOL_VERSION, os.getpid(), startup_ms))
+        ready = frames.Ready(frames.PROTOCOL_VERSION, os.getpid(), startup_ms, layers)
+        self.send(ready)
+        self.send_refusals()
         await self.read_frames(reader)
 
     async def read_frames(self, reader: asyncio.StreamReader) -> None:
@@ -194,6 +209,12 @@ class Runner:
         finally:
             self.tasks.pop(frame.id, None)
         self.send(answer)
+        self.send_refusals()
+
+    def send_refusals(self) -> None:
+        """Pass on what the sandbox refused since last time, once per kind."""
+        for note in self.refusals.take():
+            self.send(frames.Log(level="warning", message=note))
 
     def was_cancelled_by_host(self) -> bool:
         """True when this task was cancelled by a Cancel frame.

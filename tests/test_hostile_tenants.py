@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import httpx
-import psutil
 import pytest
 
 from tests.conftest import DispatcherProcess, error_of, raw_exchange
@@ -101,24 +100,6 @@ async def test_log_flood_is_capped_and_does_not_stall_other_tenants(
     await client.get("/pid", headers=MISBEHAVER)
     await asyncio.sleep(0.3)
     assert "log lines dropped" in dispatcher.log()
-
-
-async def test_forked_process_dies_with_its_worker(client: httpx.AsyncClient) -> None:
-    """Whatever a worker forks is stopped when the worker is replaced."""
-    child = (await client.get("/fork", headers=MISBEHAVER)).json()["child"]
-    assert psutil.pid_exists(child)
-
-    crashed = await client.get("/exit", headers=MISBEHAVER)
-    assert crashed.status_code == 502
-
-    deadline = time.monotonic() + 3
-    while psutil.pid_exists(child) and time.monotonic() < deadline:
-        if psutil.Process(child).status() == psutil.STATUS_ZOMBIE:
-            break
-        await asyncio.sleep(0.05)
-    assert not psutil.pid_exists(child) or (
-        psutil.Process(child).status() == psutil.STATUS_ZOMBIE
-    )
 
 
 async def test_closed_frame_pipe_gets_the_tenant_a_fresh_worker(
