@@ -19,6 +19,9 @@ setup: $(STAMP) ## create .venv/ and install the project with its dev tools
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "switchyard needs Python 3.11 or newer; set PYTHON=..." >&2; exit 1; }
+	@/sbin/ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || \
+		{ echo "switchyard needs the system library libseccomp.so.2:" \
+			"install the Debian package libseccomp2" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

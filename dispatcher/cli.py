@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from dispatcher.app import Dispatcher
+from dispatcher.doctor import run_doctor
 from dispatcher.http_protocol import SwitchyardHttpProtocol
 from dispatcher.sandbox import SandboxUnavailable, build_sandbox_policy
 from dispatcher.settings import Settings
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a request body may take to arrive (default %(default)s)",
     )
     run.set_defaults(handler=run_command)
+
+    doctor = commands.add_parser(
+        "doctor", help="show which confinement layers workers get here"
+    )
+    doctor.add_argument("--state", type=Path, default=Path("state"))
+    doctor.set_defaults(handler=doctor_command)
 
     sign = commands.add_parser("sign", help="print a signed curl for a sample")
     sign.add_argument("tenant")
@@ -119,6 +126,12 @@ def configure_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def doctor_command(args: argparse.Namespace) -> int:
+    """Boot a trial worker and report its confinement; 1 without seccomp."""
+    configure_logging("warning")
+    return run_doctor(args.state)
 
 
 def sign_command(args: argparse.Namespace) -> int:

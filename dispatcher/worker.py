@@ -232,6 +232,8 @@ class Worker:
             return WorkerCrashed("the worker closed its pipe")
         if code == frames.EXIT_OUT_OF_MEMORY or code == -signal.SIGSEGV:
             return WorkerMemoryExceeded("the worker ran out of memory")
+        if code == -signal.SIGXCPU:
+            return WorkerCrashed("the worker used up its cpu_seconds budget")
         return WorkerCrashed(f"the worker exited (exit code {code})")
 
     def accept(self, frame: frames.ToHost) -> None:

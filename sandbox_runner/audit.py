@@ -29,6 +29,13 @@ REFUSED_EVENTS = {
 }
 
 
+# Audit events worth a note but not a refusal: a way around the hook, which
+# the seccomp filter still stands behind.
+NOTED_EVENTS = {
+    "ctypes.dlopen": "loading a C library through ctypes",
+}
+
+
 class RefusalLog:
     """Collects one note per kind of refused call, for the runner to send."""
 
@@ -38,14 +45,22 @@ class RefusalLog:
 
     def hook(self, event: str, args: tuple[Any, ...]) -> None:
         """The audit hook: note the first refusal of a kind, then refuse."""
-        what = REFUSED_EVENTS.get(event)
-        if what is None:
+        refused = REFUSED_EVENTS.get(event)
+        if refused is not None:
+            self.note_once(event, args, f"sandbox refused {event}", refused)
+            raise PermissionError(f"the sandbox does not allow {refused} ({event})")
+        noted = NOTED_EVENTS.get(event)
+        if noted is not None:
+            self.note_once(event, args, f"sandbox noted {event}", noted)
+
+    def note_once(
+        self, event: str, args: tuple[Any, ...], prefix: str, what: str
+    ) -> None:
+        if event in self.seen:
             return
-        if event not in self.seen:
-            self.seen.add(event)
-            detail = ", ".join(repr(arg)[:80] for arg in args[:3])
-            self.pending.append(f"sandbox refused {event}({detail}): {what}")
-        raise PermissionError(f"the sandbox does not allow {what} ({event})")
+        self.seen.add(event)
+        detail = ", ".join(repr(arg)[:80] for arg in args[:3])
+        self.pending.append(f"{prefix}({detail}): {what}")
 
     def take(self) -> list[str]:
         """The notes not sent yet."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -102,3 +104,18 @@ async def test_worker_busy_in_a_loop_dies_with_a_killed_dispatcher(
     own_dispatcher.process.wait(timeout=5)
 
     assert wait_gone(workers, 3) == set()
+
+
+def test_doctor_reports_every_layer_a_worker_gets(tmp_path: Path) -> None:
+    """An operator can see which confinement layers are active, from a real worker."""
+    result = subprocess.run(
+        [sys.executable, "-m", "dispatcher", "doctor", "--state", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "  - seccomp" in result.stdout
+    assert "  - landlock v" in result.stdout
+    assert "  - rlimits" in result.stdout
