@@ -30,6 +30,7 @@ from dispatcher.errors import (
     PayloadTooLarge,
     TenantNotFound,
 )
+from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.pool import WorkerPool
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
@@ -66,7 +67,8 @@ class Dispatcher:
     def __init__(self, settings: Settings, sandbox: SandboxPolicy) -> None:
         self.settings = settings
         self.tenant_log = TenantLog()
-        self.pool = WorkerPool(settings, self.tenant_log, sandbox)
+        self.launcher = ZygoteLauncher() if settings.zygote else ExecLauncher()
+        self.pool = WorkerPool(settings, self.tenant_log, sandbox, self.launcher)
         self.tenants: dict[str, Tenant] = {}
         self.body_budget = BodyBudget(settings.max_held_body_bytes)
         self.operator_app = build_operator_app(self)

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info")
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument(
+        "--no-zygote",
+        action="store_true",
+        help="start each worker as a fresh interpreter instead of a fork",
+    )
+    run.add_argument(
         "--body-timeout",
         type=float,
         default=Settings.body_timeout_s,
@@ -81,6 +86,7 @@ def run_command(args: argparse.Namespace) -> int:
         port=args.port,
         access_log=not args.no_access_log,
         body_timeout_s=args.body_timeout,
+        zygote=not args.no_zygote,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from dispatcher.errors import DispatchError
+from dispatcher.launcher import ExecLauncher
 from dispatcher.sandbox import (
     SandboxPolicy,
     SandboxUnavailable,
@@ -61,6 +62,7 @@ async def probe_worker_layers(state_dir: Path, sandbox: SandboxPolicy) -> list[s
 
         tenant = Tenant("doctor", tenant_dir, TenantConfig())
         settings = Settings(state_dir=state_dir)
-        worker = await Worker.spawn(tenant, settings, TenantLog(), sandbox)
+        launcher = ExecLauncher()
+        worker = await Worker.spawn(tenant, settings, TenantLog(), sandbox, launcher)
         await worker.shutdown()
         return worker.layers

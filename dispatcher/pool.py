@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 
 from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
+from dispatcher.launcher import Launcher
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
@@ -80,10 +81,15 @@ class WorkerPool:
     """Every warm worker of this dispatcher, all tenants together."""
 
     def __init__(
-        self, settings: Settings, tenant_log: TenantLog, sandbox: SandboxPolicy
+        self,
+        settings: Settings,
+        tenant_log: TenantLog,
+        sandbox: SandboxPolicy,
+        launcher: Launcher,
     ) -> None:
         self.settings = settings
         self.sandbox = sandbox
+        self.launcher = launcher
         self.tenant_log = tenant_log
         self.workers: dict[str, Worker] = {}
         self.starting: dict[str, asyncio.Task[Worker]] = {}
@@ -134,7 +140,7 @@ class WorkerPool:
         """Start a worker and make it the tenant's; remember a boot failure."""
         try:
             worker = await Worker.spawn(
-                tenant, self.settings, self.tenant_log, self.sandbox
+                tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
             )
         except WorkerBootFailed as exc:
             retry_at = time.monotonic() + self.settings.boot_retry_after_s
@@ -174,3 +180,4 @@ class WorkerPool:
         workers = list(self.workers.values())
         await asyncio.gather(*(w.shutdown() for w in workers))
         log.info("stopped %d workers", len(workers))
+        await self.launcher.close()

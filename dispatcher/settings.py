@@ -32,6 +32,9 @@ class Settings:
     # A tenant whose worker failed to boot is not retried for this long.
     boot_retry_after_s: float = 5.0
     access_log: bool = True
+    # Fork workers from a pre-imported zygote (fast) rather than exec a
+    # fresh interpreter for each.
+    zygote: bool = True
 
     @property
     def max_frame_bytes(self) -> int:

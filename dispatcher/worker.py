@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 
@@ -38,6 +37,7 @@ from dispatcher.errors import (
     WorkerMemoryExceeded,
     WorkerTimeout,
 )
+from dispatcher.launcher import Launcher, WorkerProcess
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
@@ -47,10 +47,6 @@ from sandbox_runner.responses import response_problem
 
 log = logging.getLogger("dispatcher.worker")
 
-# The worker's environment is this and nothing else. Capping glibc's malloc
-# arenas keeps threads from reserving 64 MiB each against RLIMIT_AS.
-WORKER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
-WORKER_COMMAND = (sys.executable, "-I", "-B", "-m", "sandbox_runner")
 
 LOG_CHUNK_BYTES = 64 * 1024
 # How long to wait for the exit code of a worker whose pipe closed, to tell
@@ -64,7 +60,7 @@ class Worker:
     def __init__(
         self,
         tenant: Tenant,
-        process: asyncio.subprocess.Process,
+        process: WorkerProcess,
         settings: Settings,
         tenant_log: TenantLog,
         sandbox: SandboxPolicy,
@@ -92,24 +88,10 @@ class Worker:
         settings: Settings,
         tenant_log: TenantLog,
         sandbox: SandboxPolicy,
+        launcher: Launcher,
     ) -> Worker:
         """Start a worker, boot it, and return once it is Ready."""
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *WORKER_COMMAND,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=WORKER_ENVIRONMENT,
-                cwd=tenant.dir,
-                limit=1024 * 1024,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            # Out of processes or descriptors on the host: not the tenant's
-            # fault, but it cannot be served until that clears.
-            log.error("tenant %s: cannot start a worker: %s", tenant.id, exc)
-            raise WorkerBootFailed("the host could not start a worker") from None
+        process = await launcher.launch(tenant.dir)
         worker = cls(tenant, process, settings, tenant_log, sandbox)
         await worker.boot()
         return worker
@@ -363,6 +345,7 @@ class Worker:
         stdin = self.process.stdin
         if stdin is not None and not stdin.is_closing():
             stdin.close()
+        self.process.close()
         for task in self.tasks:
             if task is not asyncio.current_task():
                 task.cancel()

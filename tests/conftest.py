@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 LISTENING = re.compile(rb"dispatcher listening on (http://[\d.]+:\d+)")
 STARTED = b"Application startup complete"
+ZYGOTE_STARTED = re.compile(r"zygote started, pid (\d+)")
 # Set in the dispatcher's own environment; no tenant may ever see it.
 CANARY = ("SWITCHYARD_TEST_CANARY", "dispatcher-only-value")
 
@@ -67,7 +68,11 @@ class DispatcherProcess:
         return self.log_path.read_text(errors="replace")
 
     def worker_pids(self) -> set[int]:
-        return {child.pid for child in self.ps.children(recursive=True)}
+        """Pids of the dispatcher's workers (its zygote not counted)."""
+        zygote = ZYGOTE_STARTED.search(self.log())
+        zygote_pid = int(zygote.group(1)) if zygote else None
+        children = self.ps.children(recursive=True)
+        return {child.pid for child in children if child.pid != zygote_pid}
 
     def zombies(self) -> list[psutil.Process]:
         return [
@@ -82,8 +87,9 @@ class DispatcherProcess:
 
 
 def make_tenants_dir(target: Path) -> Path:
-    """Example tenants plus test tenants, side by side, in ``target``."""
-    for source in [ROOT / "tenants", ROOT / "tests" / "tenants"]:
+    """Example, test and hostile tenants, side by side, in ``target``."""
+    tests = ROOT / "tests"
+    for source in [ROOT / "tenants", tests / "tenants", tests / "security" / "tenants"]:
         for folder in source.iterdir():
             if folder.is_dir():
                 shutil.copytree(folder, target / folder.name)
