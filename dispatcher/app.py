@@ -11,6 +11,7 @@ not.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -95,6 +96,7 @@ class Dispatcher:
             ", ".join(self.tenants) or "none",
         )
         await self.pool.prewarm(list(self.tenants.values()))
+        self.supervisor = asyncio.create_task(self.pool.supervise())
 
         # Objects alive now live as long as the process: moving them out of
         # the collector's reach cut full-collection pauses from tens of
@@ -103,6 +105,7 @@ class Dispatcher:
         gc.freeze()
 
     async def stop(self) -> None:
+        self.supervisor.cancel()
         await self.pool.close()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,30 +1,41 @@
-"""The warm pool: one worker per tenant, started on demand, kept warm.
+"""The warm pool: every tenant's workers, started on demand, kept warm.
 
-A tenant's first request starts its worker (or start-up does, for tenants
-marked ``prewarm``); later requests reuse it. Concurrent first requests
-share one start. A worker that dies is dropped from the pool, and the next
-request starts a fresh one.
+A tenant's first request starts a worker (start-up does, for tenants
+marked ``prewarm``); later requests go to the least busy of its workers.
+When every one of them has ``max_concurrency`` requests in flight, another
+is started, up to ``max_workers``. Concurrent callers share one start.
 
-Each tenant has a gate: at most ``max_concurrency`` requests in flight, at
-most ``max_queue`` waiting behind them; past that the answer is 503
-``tenant_busy`` at once, so one busy tenant cannot pile up unbounded memory.
+Workers are replaced before they rot: after ``max_requests`` (with some
+jitter, so that a tenant's workers do not all retire at once) and when
+their resident memory passes ``memory_ceiling_mb``. The replacement is
+started first; the retiring worker stops taking requests only once it is
+ready, and finishes the ones it has. A worker idle for ``idle_timeout_s``
+is reclaimed (a prewarmed tenant keeps one).
 
-A tenant whose worker failed to boot is not retried until
-``boot_retry_after_s`` has passed; meanwhile it answers 503
-``worker_boot_failed`` with the reason, instead of respawning in a loop.
+Host-wide, at most ``max_warm_workers`` live at once and their memory
+stays under ``max_workers_memory_mb``: past either, the least recently used
+idle worker is evicted. No tenant setting can lift those bounds.
 
-XXX: one worker per tenant; a tenant cannot yet spread over several
-workers, idle workers are never reclaimed, and there is no host-wide budget.
+A tenant whose worker fails to boot backs off, doubling from
+``boot_retry_after_s`` up to a minute, and meanwhile answers 503
+``worker_boot_failed`` with the reason instead of respawning in a loop.
+
+One supervision loop, once a second, does the periodic part: idle reclaim
+and memory checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import psutil
 
 from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
+from dispatcher.gate import TenantGate
 from dispatcher.launcher import Launcher
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
@@ -35,38 +46,9 @@ from sandbox_runner import frames
 
 log = logging.getLogger("dispatcher.pool")
 
-
-class TenantGate:
-    """Bounds the requests in flight and waiting for one tenant.
-
-    A request waits at most as long as it would be given to run: past that
-    the client learns the tenant is busy instead of waiting without end.
-    """
-
-    def __init__(self, max_concurrency: int, max_queue: int, max_wait_s: float) -> None:
-        self.slots = asyncio.Semaphore(max_concurrency)
-        self.max_queue = max_queue
-        self.max_wait_s = max_wait_s
-        self.waiting = 0
-
-    async def __aenter__(self) -> None:
-        if not self.slots.locked():
-            await self.slots.acquire()
-            return
-        if self.waiting >= self.max_queue:
-            raise TenantBusy("the tenant has too many requests waiting")
-
-        self.waiting += 1
-        try:
-            async with asyncio.timeout(self.max_wait_s):
-                await self.slots.acquire()
-        except TimeoutError:
-            raise TenantBusy("the tenant stayed busy for the whole wait") from None
-        finally:
-            self.waiting -= 1
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.slots.release()
+MiB = 1024 * 1024
+MAX_BOOT_BACKOFF_S = 60.0
+RECYCLE_JITTER = 0.1
 
 
 @dataclass
@@ -75,6 +57,15 @@ class BootFailure:
 
     error: WorkerBootFailed
     retry_at: float
+    failures: int
+
+
+@dataclass
+class TenantWorkers:
+    """The live workers of one tenant, and the start under way, if any."""
+
+    workers: list[Worker] = field(default_factory=list)
+    starting: asyncio.Task[Worker] | None = None
 
 
 class WorkerPool:
@@ -91,43 +82,63 @@ class WorkerPool:
         self.sandbox = sandbox
         self.launcher = launcher
         self.tenant_log = tenant_log
-        self.workers: dict[str, Worker] = {}
-        self.starting: dict[str, asyncio.Task[Worker]] = {}
+        self.groups: dict[str, TenantWorkers] = {}
         self.gates: dict[str, TenantGate] = {}
         self.boot_failures: dict[str, BootFailure] = {}
         self.closing = False
 
+    @property
+    def workers(self) -> list[Worker]:
+        """Every live worker, all tenants."""
+        return [w for group in self.groups.values() for w in group.workers]
+
     async def dispatch(
         self, tenant: Tenant, request: frames.Request
     ) -> frames.Response:
-        """Run one request on the tenant's warm worker."""
+        """Run one request on one of the tenant's warm workers."""
         async with self.gate_for(tenant):
             worker = await self.worker_for(tenant)
-            return await worker.call(request)
+            try:
+                return await worker.call(request)
+            finally:
+                self.recycle_if_due(worker)
 
     def gate_for(self, tenant: Tenant) -> TenantGate:
         gate = self.gates.get(tenant.id)
         if gate is None:
             limits = tenant.config.limits
-            gate = TenantGate(
-                limits.max_concurrency, limits.max_queue, limits.timeout_ms / 1000
-            )
+            capacity = limits.max_concurrency * limits.max_workers
+            wait_s = limits.timeout_ms / 1000
+            gate = TenantGate(capacity, limits.max_queue, wait_s)
             self.gates[tenant.id] = gate
         return gate
 
     async def worker_for(self, tenant: Tenant) -> Worker:
-        """The tenant's live worker, starting one if there is none."""
-        worker = self.workers.get(tenant.id)
-        if worker is not None and worker.alive:
-            return worker
-        self.raise_if_failed_recently(tenant)
+        """The least busy serving worker, starting another when all are full."""
+        group = self.groups.setdefault(tenant.id, TenantWorkers())
+        serving = [w for w in group.workers if w.serving]
+        best = min(serving, key=lambda w: w.in_flight, default=None)
+        limits = tenant.config.limits
+        if best is not None and (
+            best.in_flight < limits.max_concurrency
+            or len(serving) >= limits.max_workers
+        ):
+            return best
 
-        starting = self.starting.get(tenant.id)
-        if starting is None:
-            starting = asyncio.create_task(self.spawn_worker(tenant))
-            self.starting[tenant.id] = starting
+        starting = self.start_worker(tenant, group)
+        if best is not None:
+            return best  # busy, but answers sooner than a worker yet to boot
         # shield: one caller giving up must not cancel the shared start.
         return await asyncio.shield(starting)
+
+    def start_worker(
+        self, tenant: Tenant, group: TenantWorkers
+    ) -> asyncio.Task[Worker]:
+        """The tenant's start under way, or a new one."""
+        self.raise_if_failed_recently(tenant)
+        if group.starting is None:
+            group.starting = asyncio.create_task(self.spawn_worker(tenant, group))
+        return group.starting
 
     def raise_if_failed_recently(self, tenant: Tenant) -> None:
         if tenant.problem is not None:
@@ -136,31 +147,148 @@ class WorkerPool:
         if failure is not None and time.monotonic() < failure.retry_at:
             raise WorkerBootFailed(failure.error.message)
 
-    async def spawn_worker(self, tenant: Tenant) -> Worker:
-        """Start a worker and make it the tenant's; remember a boot failure."""
+    async def spawn_worker(self, tenant: Tenant, group: TenantWorkers) -> Worker:
+        """Start a worker for the tenant, within the host's budget."""
         try:
+            await self.make_room()
             worker = await Worker.spawn(
                 tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
             )
         except WorkerBootFailed as exc:
-            retry_at = time.monotonic() + self.settings.boot_retry_after_s
-            self.boot_failures[tenant.id] = BootFailure(exc, retry_at)
+            self.note_boot_failure(tenant, exc)
             raise
         finally:
-            self.starting.pop(tenant.id, None)
+            group.starting = None
 
         self.boot_failures.pop(tenant.id, None)
         if self.closing:
             await worker.shutdown()
             raise WorkerCrashed("the dispatcher is shutting down")
         worker.on_exit = self.forget_worker
-        self.workers[tenant.id] = worker
+        worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
+        group.workers.append(worker)
         return worker
+
+    def note_boot_failure(self, tenant: Tenant, error: WorkerBootFailed) -> None:
+        """Back off a tenant that cannot start: 5 s, 10 s, ... up to a minute."""
+        previous = self.boot_failures.get(tenant.id)
+        failures = previous.failures + 1 if previous else 1
+        backoff = self.settings.boot_retry_after_s * 2 ** (failures - 1)
+        backoff = min(backoff, MAX_BOOT_BACKOFF_S)
+        retry_at = time.monotonic() + backoff
+        self.boot_failures[tenant.id] = BootFailure(error, retry_at, failures)
+        log.warning(
+            "tenant %s: boot failure %d, next try in %.0f s",
+            tenant.id,
+            failures,
+            backoff,
+        )
 
     def forget_worker(self, worker: Worker) -> None:
         """Drop a worker that left service; its tenant starts afresh."""
-        if self.workers.get(worker.tenant.id) is worker:
-            del self.workers[worker.tenant.id]
+        group = self.groups.get(worker.tenant.id)
+        if group is not None and worker in group.workers:
+            group.workers.remove(worker)
+
+    async def make_room(self) -> None:
+        """Evict least recently used idle workers until one more fits."""
+        while len(self.workers) >= self.settings.max_warm_workers:
+            victim = self.least_recently_used_idle()
+            if victim is None:
+                raise TenantBusy("the host is at its limit of warm workers")
+            log.info(
+                "evicting idle worker pid %d of tenant %s: host at %d workers",
+                victim.pid,
+                victim.tenant.id,
+                self.settings.max_warm_workers,
+            )
+            await victim.shutdown()
+
+    def least_recently_used_idle(self) -> Worker | None:
+        idle = [w for w in self.workers if w.serving and w.in_flight == 0]
+        return min(idle, key=lambda w: w.last_used, default=None)
+
+    def recycle_if_due(self, worker: Worker) -> None:
+        """Retire a worker that has served its share of requests."""
+        due = worker.recycle_after is not None and worker.served >= worker.recycle_after
+        if due and worker.serving and not worker.recycling:
+            self.begin_recycle(worker, f"served {worker.served} requests")
+
+    def begin_recycle(self, worker: Worker, reason: str) -> None:
+        worker.recycling = True
+        task = asyncio.create_task(self.recycle(worker, reason))
+        worker.tasks.append(task)
+
+    async def recycle(self, worker: Worker, reason: str) -> None:
+        """Replace ``worker``: the new one first, then drain the old one."""
+        tenant = worker.tenant
+        log.info(
+            "recycling worker pid %d of tenant %s: %s", worker.pid, tenant.id, reason
+        )
+        group = self.groups.setdefault(tenant.id, TenantWorkers())
+        try:
+            await asyncio.shield(self.start_worker(tenant, group))
+        except (WorkerBootFailed, TenantBusy, WorkerCrashed) as exc:
+            log.warning(
+                "tenant %s: no replacement for pid %d: %s", tenant.id, worker.pid, exc
+            )
+            worker.recycling = False
+            return
+        await worker.shutdown()
+
+    async def supervise(self) -> None:
+        """Once a second: reclaim idle workers, recycle those over memory."""
+        while not self.closing:
+            await asyncio.sleep(self.settings.supervise_interval_s)
+            now = time.monotonic()
+            for worker in self.workers:
+                if self.is_idle_too_long(worker, now):
+                    log.info(
+                        "reclaiming worker pid %d of tenant %s: idle",
+                        worker.pid,
+                        worker.tenant.id,
+                    )
+                    worker.tasks.append(asyncio.create_task(worker.shutdown()))
+                elif self.is_over_memory(worker):
+                    self.begin_recycle(worker, "over its memory ceiling")
+            await self.keep_within_memory_budget()
+
+    def is_idle_too_long(self, worker: Worker, now: float) -> bool:
+        limits = worker.tenant.config.limits
+        if not worker.serving or worker.in_flight:
+            return False
+        if now - worker.last_used < limits.idle_timeout_s:
+            return False
+        group = self.groups.get(worker.tenant.id)
+        keep_one = worker.tenant.config.prewarm and group is not None
+        return not (keep_one and group is not None and len(group.workers) == 1)
+
+    def is_over_memory(self, worker: Worker) -> bool:
+        """Measure a worker that served since last look; True when too big."""
+        if (
+            not worker.serving
+            or worker.recycling
+            or worker.served == worker.measured_at
+        ):
+            return False
+        worker.measured_at = worker.served
+        try:
+            worker.rss = psutil.Process(worker.pid).memory_info().rss
+        except psutil.Error:
+            return False
+        return worker.rss > memory_ceiling_bytes(worker.tenant)
+
+    async def keep_within_memory_budget(self) -> None:
+        """Evict idle workers, least recently used first, past the budget."""
+        budget = self.settings.max_workers_memory_mb * MiB
+        while sum(w.rss for w in self.workers) > budget:
+            victim = self.least_recently_used_idle()
+            if victim is None:
+                return
+            log.info(
+                "evicting worker pid %d: workers over their memory budget", victim.pid
+            )
+            await victim.shutdown()
 
     async def prewarm(self, tenants: list[Tenant]) -> None:
         """Start workers for the tenants marked ``prewarm``, side by side."""
@@ -175,9 +303,25 @@ class WorkerPool:
     async def close(self) -> None:
         """Stop every worker; requests in flight get their time to finish."""
         self.closing = True
-        for task in list(self.starting.values()):
-            task.cancel()
-        workers = list(self.workers.values())
+        for group in self.groups.values():
+            if group.starting is not None:
+                group.starting.cancel()
+        workers = self.workers
         await asyncio.gather(*(w.shutdown() for w in workers))
         log.info("stopped %d workers", len(workers))
         await self.launcher.close()
+
+
+def recycle_after(max_requests: int) -> int | None:
+    """A worker's request quota, jittered; None when recycling is off."""
+    if max_requests <= 0:
+        return None
+    jitter = int(max_requests * RECYCLE_JITTER)
+    return max_requests + random.randint(0, jitter)
+
+
+def memory_ceiling_bytes(tenant: Tenant) -> int:
+    """The resident size past which a worker is recycled."""
+    limits = tenant.config.limits
+    ceiling_mb = limits.memory_ceiling_mb or limits.memory_mb * 3 // 4
+    return ceiling_mb * MiB

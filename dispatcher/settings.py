@@ -32,6 +32,10 @@ class Settings:
     # A tenant whose worker failed to boot is not retried for this long.
     boot_retry_after_s: float = 5.0
     access_log: bool = True
+    # Host-wide bounds on warm workers, over every tenant's settings.
+    max_warm_workers: int = 2000
+    max_workers_memory_mb: int = 8192
+    supervise_interval_s: float = 1.0
     # Fork workers from a pre-imported zygote (fast) rather than exec a
     # fresh interpreter for each.
     zygote: bool = True

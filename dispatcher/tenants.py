@@ -61,6 +61,15 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_queue: Annotated[int, Meta(ge=0, le=100_000)] = 256
     # A worker's lifetime CPU budget; spent, the worker is replaced.
     cpu_seconds: Annotated[int, Meta(ge=1, le=86_400)] = 3600
+    # Workers a tenant may have at once; more start when all are busy.
+    max_workers: Annotated[int, Meta(ge=1, le=64)] = 4
+    # An idle worker is reclaimed after this long.
+    idle_timeout_s: Annotated[float, Meta(gt=0)] = 300.0
+    # A worker is replaced after this many requests (plus up to 10%); 0: never.
+    max_requests: Annotated[int, Meta(ge=0)] = 0
+    # A worker whose resident memory passes this is replaced; 0: 3/4 of
+    # memory_mb.
+    memory_ceiling_mb: Annotated[int, Meta(ge=0, le=65_536)] = 0
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

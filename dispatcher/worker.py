@@ -80,6 +80,14 @@ class Worker:
         self.tasks: list[asyncio.Task[None]] = []
         self.startup_ms = 0.0
         self.layers: list[str] = []
+        # Pool bookkeeping: load, age and size of this worker.
+        self.served = 0
+        self.last_used = time.monotonic()
+        self.recycle_after: int | None = None
+        self.recycling = False
+        self.retiring = False
+        self.measured_at = 0
+        self.rss = 0
 
     @classmethod
     async def spawn(
@@ -124,6 +132,16 @@ class Worker:
             ", ".join(ready.layers),
         )
         self.layers = ready.layers
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to this worker and not yet answered."""
+        return len(self.pending)
+
+    @property
+    def serving(self) -> bool:
+        """Alive and still taking new requests."""
+        return self.alive and not self.retiring
 
     def boot_frame(self) -> frames.Boot:
         config = self.tenant.config
@@ -260,6 +278,8 @@ class Worker:
             await self.stop_after_failure(exc)
             raise
 
+        self.served += 1
+        self.last_used = time.monotonic()
         timeout_s = self.tenant.config.limits.timeout_ms / 1000
         try:
             async with asyncio.timeout(timeout_s):
@@ -300,11 +320,15 @@ class Worker:
         if not self.alive:
             return
         self.mark_gone()
-        for future in self.pending.values():
-            if not future.done():
-                future.set_exception(type(error)(error.message))
+        failed = [future for future in self.pending.values() if not future.done()]
+        for future in failed:
+            future.set_exception(type(error)(error.message))
         self.pending.clear()
         await self.kill()
+
+        if self.retiring and not failed:
+            log.info("tenant %s: worker pid %d retired", self.tenant.id, self.pid)
+            return
         log.warning(
             "tenant %s: worker pid %d is gone (%s: %s, exit code %s)",
             self.tenant.id,
@@ -352,8 +376,8 @@ class Worker:
 
     async def shutdown(self) -> None:
         """Stop gracefully: requests in flight finish, then the worker exits."""
+        self.retiring = True
         if self.alive:
-            self.mark_gone()
             try:
                 self.write(frames.Shutdown())
                 timeout_s = self.tenant.config.limits.timeout_ms / 1000
