@@ -48,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", default="info")
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument(
+        "--max-warm-workers",
+        type=int,
+        default=Settings.max_warm_workers,
+        help="warm workers on this host, all tenants (default %(default)s)",
+    )
+    run.add_argument(
+        "--max-workers-memory-mb",
+        type=int,
+        default=Settings.max_workers_memory_mb,
+        help="resident memory of all workers together (default %(default)s)",
+    )
+    run.add_argument(
         "--no-zygote",
         action="store_true",
         help="start each worker as a fresh interpreter instead of a fork",
@@ -87,6 +99,8 @@ def run_command(args: argparse.Namespace) -> int:
         access_log=not args.no_access_log,
         body_timeout_s=args.body_timeout,
         zygote=not args.no_zygote,
+        max_warm_workers=args.max_warm_workers,
+        max_workers_memory_mb=args.max_workers_memory_mb,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:

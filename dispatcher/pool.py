@@ -8,9 +8,9 @@ is started, up to ``max_workers``. Concurrent callers share one start.
 Workers are replaced before they rot: after ``max_requests`` (with some
 jitter, so that a tenant's workers do not all retire at once) and when
 their resident memory passes ``memory_ceiling_mb``. The replacement is
-started first; the retiring worker stops taking requests only once it is
-ready, and finishes the ones it has. A worker idle for ``idle_timeout_s``
-is reclaimed (a prewarmed tenant keeps one).
+started first; the retiring worker stops taking requests once it is ready
+(or its quota is spent), and finishes the ones it has. A worker idle for
+``idle_timeout_s`` is reclaimed (a prewarmed tenant keeps one).
 
 Host-wide, at most ``max_warm_workers`` live at once and their memory
 stays under ``max_workers_memory_mb``: past either, the least recently used
@@ -98,10 +98,9 @@ class WorkerPool:
         """Run one request on one of the tenant's warm workers."""
         async with self.gate_for(tenant):
             worker = await self.worker_for(tenant)
-            try:
-                return await worker.call(request)
-            finally:
-                self.recycle_if_due(worker)
+            worker.served += 1
+            self.recycle_if_due(worker)
+            return await worker.call(request)
 
     def gate_for(self, tenant: Tenant) -> TenantGate:
         gate = self.gates.get(tenant.id)
@@ -116,20 +115,22 @@ class WorkerPool:
     async def worker_for(self, tenant: Tenant) -> Worker:
         """The least busy serving worker, starting another when all are full."""
         group = self.groups.setdefault(tenant.id, TenantWorkers())
-        serving = [w for w in group.workers if w.serving]
-        best = min(serving, key=lambda w: w.in_flight, default=None)
         limits = tenant.config.limits
-        if best is not None and (
-            best.in_flight < limits.max_concurrency
-            or len(serving) >= limits.max_workers
-        ):
-            return best
+        while True:
+            serving = [w for w in group.workers if w.serving]
+            best = min(serving, key=lambda w: w.in_flight, default=None)
+            if best is not None and (
+                best.in_flight < limits.max_concurrency
+                or len(serving) >= limits.max_workers
+            ):
+                return best
 
-        starting = self.start_worker(tenant, group)
-        if best is not None:
-            return best  # busy, but answers sooner than a worker yet to boot
-        # shield: one caller giving up must not cancel the shared start.
-        return await asyncio.shield(starting)
+            starting = self.start_worker(tenant, group)
+            if best is not None:
+                return best  # busy, but answers sooner than a worker yet to boot
+            # shield: one caller giving up must not cancel the shared start.
+            # Then choose again: others may have used up the new worker.
+            await asyncio.shield(starting)
 
     def start_worker(
         self, tenant: Tenant, group: TenantWorkers
@@ -209,10 +210,16 @@ class WorkerPool:
         return min(idle, key=lambda w: w.last_used, default=None)
 
     def recycle_if_due(self, worker: Worker) -> None:
-        """Retire a worker that has served its share of requests."""
-        due = worker.recycle_after is not None and worker.served >= worker.recycle_after
-        if due and worker.serving and not worker.recycling:
-            self.begin_recycle(worker, f"served {worker.served} requests")
+        """Start replacing a worker near the end of its request quota.
+
+        The replacement starts at 80% of the quota, so that it is usually
+        ready by the time the old worker has served its last request.
+        """
+        quota = worker.recycle_after
+        if quota is None or worker.recycling:
+            return
+        if worker.served >= max(1, quota * 4 // 5):
+            self.begin_recycle(worker, f"{worker.served} of {quota} requests served")
 
     def begin_recycle(self, worker: Worker, reason: str) -> None:
         worker.recycling = True

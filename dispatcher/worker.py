@@ -140,8 +140,9 @@ class Worker:
 
     @property
     def serving(self) -> bool:
-        """Alive and still taking new requests."""
-        return self.alive and not self.retiring
+        """Alive, not retiring, and with requests left in its quota."""
+        exhausted = self.recycle_after is not None and self.served >= self.recycle_after
+        return self.alive and not self.retiring and not exhausted
 
     def boot_frame(self) -> frames.Boot:
         config = self.tenant.config
@@ -278,7 +279,6 @@ class Worker:
             await self.stop_after_failure(exc)
             raise
 
-        self.served += 1
         self.last_used = time.monotonic()
         timeout_s = self.tenant.config.limits.timeout_ms / 1000
         try:

@@ -36,13 +36,19 @@ BROKEN_SCRIPT = "async def fetch(request, env, ctx)\n    return {}\n"
 class DispatcherProcess:
     """``switchyard run`` as a child process, with its log in a file."""
 
-    def __init__(self, tenants_dir: Path, state_dir: Path, log_path: Path) -> None:
+    def __init__(
+        self,
+        tenants_dir: Path,
+        state_dir: Path,
+        log_path: Path,
+        extra_args: list[str] | None = None,
+    ) -> None:
         self.log_path = log_path
         env = {**os.environ, CANARY[0]: CANARY[1]}
         command = [
             sys.executable, "-m", "dispatcher", "run", "--port", "0",
             "--tenants", str(tenants_dir), "--state", str(state_dir),
-            "--body-timeout", "3",
+            "--body-timeout", "3", *(extra_args or []),
         ]  # fmt: skip
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(

@@ -26,7 +26,7 @@ SPINNER = textwrap.dedent(
             while True:
                 pass
         if request.path == "/slow":
-            await asyncio.sleep(1)
+            await asyncio.sleep(3)
         return {"pid": os.getpid()}
     """
 )
@@ -79,16 +79,31 @@ async def test_sigterm_lets_requests_finish_and_leaves_no_worker(
     headers = {"x-customer-id": "spinner"}
 
     async with httpx.AsyncClient(base_url=own_dispatcher.url, timeout=10) as http:
-        in_flight = asyncio.create_task(http.get("/slow", headers=headers))
-        await asyncio.sleep(0.3)
+        in_flight = [
+            asyncio.create_task(http.get("/slow", headers=headers)) for _ in range(3)
+        ]
+        await asyncio.sleep(0.5)
         own_dispatcher.process.send_signal(signal.SIGTERM)
-        response = await in_flight
+        await asyncio.sleep(0.3)
+        late = await late_request(own_dispatcher.url)
+        responses = await asyncio.gather(*in_flight)
 
-    assert response.status_code == 200
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert late in ("refused", 503)
     # uvicorn re-raises the signal it caught once shutdown is complete.
     assert own_dispatcher.process.wait(timeout=15) in (0, -signal.SIGTERM)
     assert "stopped 1 workers" in own_dispatcher.log()
     assert wait_gone(workers, 3) == set()
+
+
+async def late_request(url: str) -> str | int:
+    """What a new connection gets from a dispatcher that is stopping."""
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=5) as http:
+            response = await http.get("/", headers={"x-customer-id": "spinner"})
+    except httpx.TransportError:
+        return "refused"
+    return response.status_code
 
 
 async def test_worker_busy_in_a_loop_dies_with_a_killed_dispatcher(
