@@ -6,6 +6,13 @@ confinement and import, a few milliseconds. ``ExecLauncher`` starts a fresh
 interpreter per worker, tens of milliseconds; it stays as the fallback and
 as the baseline ``make bench`` compares the zygote against.
 
+XXX: forked workers share the zygote's string hash key and address layout,
+which a fresh interpreter would randomise (see the README's Limitations).
+A key cannot be changed after fork: every string already hashed would then
+land in the wrong dict slot. Several zygotes, each serving a share of the
+tenants and replaced on a schedule, would narrow who shares a key with
+whom.
+
 Both hand back a ``WorkerProcess``: a pid, the three pipe streams, and a way
 to wait for the exit code. A forked worker is the zygote's child, not ours,
 so the zygote reaps it and reports its exit code over the control socket.

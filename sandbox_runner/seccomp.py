@@ -11,10 +11,11 @@ rather than a dead worker: every other system call. That covers creating
 sockets of any family, ``execve``, forking new processes, ``ptrace``,
 ``mount``, namespaces, ``bpf``, ``io_uring``, ``personality``, kernel
 modules, keyrings, ``kill`` and friends (a worker has no business
-signalling anyone, itself included), the ``TIOCSTI`` terminal injection and
-every ``ioctl`` not listed below. ``clone3`` answers ENOSYS instead: glibc
-then falls back to ``clone``, whose flags a filter can inspect (``clone3``
-passes them in memory, out of a filter's sight).
+signalling anyone, itself included), the ``TIOCSTI`` terminal injection,
+and every ``ioctl``, ``fcntl`` and ``prctl`` command not listed below.
+``clone3`` answers ENOSYS instead: glibc then falls back to ``clone``,
+whose flags a filter can inspect (``clone3`` passes them in memory, out of
+a filter's sight).
 
 A system call from another architecture (32-bit ``int 0x80`` reaches the
 kernel here) kills the process outright: nothing legitimate uses it.
@@ -47,7 +48,7 @@ ALLOWED_SYSCALLS = (
     "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
     "link", "linkat", "symlink", "symlinkat", "ftruncate", "truncate",
     "fsync", "fdatasync", "fchmod", "fchmodat", "chmod", "utimensat",
-    "fadvise64", "fallocate", "flock", "fcntl", "dup", "dup2", "dup3",
+    "fadvise64", "fallocate", "flock", "dup", "dup2", "dup3",
     "pipe", "pipe2", "sendfile", "copy_file_range", "umask",
     # memory
     "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "mincore",
@@ -84,6 +85,24 @@ ALLOWED_IOCTLS = (
     0x5401,  # TCGETS
     0x5413,  # TIOCGWINSZ
 )
+# fcntl commands: descriptor and status flags, duplication, record locks,
+# pipe size. Not F_SETOWN, F_SETOWN_EX or F_SETSIG: with O_ASYNC they have
+# the kernel signal a process of the tenant's choosing, a kill() by proxy.
+ALLOWED_FCNTLS = (
+    0,  # F_DUPFD
+    1,  # F_GETFD
+    2,  # F_SETFD
+    3,  # F_GETFL
+    4,  # F_SETFL
+    5,  # F_GETLK
+    6,  # F_SETLK
+    7,  # F_SETLKW
+    36,  # F_OFD_GETLK
+    37,  # F_OFD_SETLK
+    38,  # F_OFD_SETLKW
+    1030,  # F_DUPFD_CLOEXEC
+    1032,  # F_GETPIPE_SZ
+)
 ALLOWED_PRCTLS = (
     15,  # PR_SET_NAME
     16,  # PR_GET_NAME
@@ -113,6 +132,8 @@ def build_program() -> bytes:
     policy.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")
     for request in ALLOWED_IOCTLS:
         policy.add_rule(sc.ALLOW, "ioctl", sc.Arg(1, sc.EQ, request))
+    for command in ALLOWED_FCNTLS:
+        policy.add_rule(sc.ALLOW, "fcntl", sc.Arg(1, sc.EQ, command))
     for option in ALLOWED_PRCTLS:
         policy.add_rule(sc.ALLOW, "prctl", sc.Arg(0, sc.EQ, option))
     # getrlimit goes through prlimit64 with no new limit; setting is refused.
