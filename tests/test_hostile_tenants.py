@@ -137,3 +137,33 @@ async def test_invalid_tenant_folder_is_503_with_the_reason(
     error = error_of(response)
     assert error["code"] == "worker_boot_failed"
     assert message in error["message"]
+
+
+async def test_worker_that_spends_its_cpu_budget_is_stopped_and_replaced(
+    client: httpx.AsyncClient,
+) -> None:
+    """cpu_seconds is a lifetime budget: spent, the worker dies and is replaced."""
+    headers = {"x-customer-id": "cpu-budget"}
+    old = (await client.get("/pid", headers=headers)).json()["pid"]
+
+    response = await client.get("/burn", headers=headers)
+
+    assert response.status_code == 502
+    assert "cpu_seconds" in error_of(response)["message"]
+    assert (await client.get("/pid", headers=headers)).json()["pid"] != old
+
+
+async def test_refused_call_is_named_once_per_worker_in_the_tenant_log(
+    client: httpx.AsyncClient, dispatcher: DispatcherProcess
+) -> None:
+    """The operator sees what a tenant tried, once, not once per attempt."""
+    headers = {"x-customer-id": "cpu-budget"}
+    pid = (await client.get("/pid", headers=headers)).json()["pid"]
+
+    for _ in range(3):
+        refused = (await client.get("/socket", headers=headers)).json()["refused"]
+        assert "does not allow creating a socket" in refused
+    await asyncio.sleep(0.3)
+
+    line = f"tenant cpu-budget pid {pid}: sandbox refused socket.__new__"
+    assert dispatcher.log().count(line) == 1
