@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="resident memory of all workers together (default %(default)s)",
     )
     run.add_argument(
+        "--heartbeat",
+        type=float,
+        default=Settings.heartbeat_s,
+        help="seconds of quiet before a worker is pinged (default %(default)s)",
+    )
+    run.add_argument(
         "--no-zygote",
         action="store_true",
         help="start each worker as a fresh interpreter instead of a fork",
@@ -101,6 +107,7 @@ def run_command(args: argparse.Namespace) -> int:
         zygote=not args.no_zygote,
         max_warm_workers=args.max_warm_workers,
         max_workers_memory_mb=args.max_workers_memory_mb,
+        heartbeat_s=args.heartbeat,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:

@@ -20,8 +20,10 @@ A tenant whose worker fails to boot backs off, doubling from
 ``boot_retry_after_s`` up to a minute, and meanwhile answers 503
 ``worker_boot_failed`` with the reason instead of respawning in a loop.
 
-One supervision loop, once a second, does the periodic part: idle reclaim
-and memory checks.
+One supervision loop, once a second, does the periodic part: heartbeats
+(a worker quiet for ``heartbeat_s`` is pinged; one that leaves the ping
+unanswered past its time limit is stopped and replaced), idle reclaim and
+memory checks.
 """
 
 from __future__ import annotations
@@ -249,7 +251,12 @@ class WorkerPool:
             await asyncio.sleep(self.settings.supervise_interval_s)
             now = time.monotonic()
             for worker in self.workers:
-                if self.is_idle_too_long(worker, now):
+                if not worker.check_heartbeat(now, self.settings.heartbeat_s):
+                    error = WorkerCrashed("the worker stopped answering heartbeats")
+                    worker.tasks.append(
+                        asyncio.create_task(worker.stop_after_failure(error))
+                    )
+                elif self.is_idle_too_long(worker, now):
                     log.info(
                         "reclaiming worker pid %d of tenant %s: idle",
                         worker.pid,

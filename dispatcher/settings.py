@@ -36,6 +36,8 @@ class Settings:
     max_warm_workers: int = 2000
     max_workers_memory_mb: int = 8192
     supervise_interval_s: float = 1.0
+    # A worker quiet for this long is pinged.
+    heartbeat_s: float = 5.0
     # Fork workers from a pre-imported zygote (fast) rather than exec a
     # fresh interpreter for each.
     zygote: bool = True

@@ -88,6 +88,11 @@ class Worker:
         self.retiring = False
         self.measured_at = 0
         self.rss = 0
+        # Heartbeat: when the worker was last heard from, and the ping
+        # still waiting for its pong, if any.
+        self.last_heard = time.monotonic()
+        self.ping_seq = 0
+        self.ping_sent_at: float | None = None
 
     @classmethod
     async def spawn(
@@ -239,6 +244,11 @@ class Worker:
 
     def accept(self, frame: frames.ToHost) -> None:
         """Settle the request a Response or Failure answers; log the rest."""
+        self.last_heard = time.monotonic()
+        if isinstance(frame, frames.Pong):
+            if frame.seq == self.ping_seq:
+                self.ping_sent_at = None
+            return
         if isinstance(frame, frames.Log):
             self.tenant_log.emit_message(self.tenant, self.pid, frame.message)
             return
@@ -298,6 +308,24 @@ class Worker:
         if stdin.is_closing():
             raise WorkerCrashed("the worker's pipe is closed")
         stdin.write(frames.encode_frame(self.encoder, frame))
+
+    def check_heartbeat(self, now: float, interval_s: float) -> bool:
+        """Ping a quiet worker; False once a ping has gone unanswered too long.
+
+        A worker busy with requests is not expected to answer sooner than
+        its time limit, so the deadline is never shorter than that.
+        """
+        if self.ping_sent_at is not None:
+            patience = max(2 * interval_s, self.tenant.config.limits.timeout_ms / 1000)
+            return now - self.ping_sent_at < patience
+        if now - self.last_heard >= interval_s:
+            self.ping_seq += 1
+            self.ping_sent_at = now
+            try:
+                self.write(frames.Ping(self.ping_seq))
+            except WorkerCrashed:
+                return False
+        return True
 
     async def stop_after_timeout(self, request_id: int) -> None:
         """A request ran past its limit: the worker may be stuck, replace it."""

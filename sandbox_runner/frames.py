@@ -5,8 +5,8 @@ that decodes to exactly one of the Structs below (a tagged union: the tag
 field ``t`` names the type). One encoder and one decoder serve each pipe.
 
 Host to worker: ``Boot`` (once, first), ``Request``, ``Cancel``,
-``Shutdown``. Worker to host: ``Ready`` (once, first, carries the protocol
-version), ``Response``, ``Failure``, ``Log``.
+``Shutdown``, ``Ping``. Worker to host: ``Ready`` (once, first, carries the
+protocol version), ``Response``, ``Failure``, ``Log``, ``Pong``.
 
 Requests are multiplexed: every ``Request`` carries an id chosen by the host,
 and the worker answers with a ``Response`` or ``Failure`` of the same id, in
@@ -76,6 +76,18 @@ class Shutdown(msgspec.Struct, tag="shutdown", tag_field="t"):
     """Finish the requests in flight, then exit."""
 
 
+class Ping(msgspec.Struct, tag="ping", tag_field="t"):
+    """Are you there? The worker answers with a Pong of the same ``seq``."""
+
+    seq: int
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="t"):
+    """The worker's event loop is turning."""
+
+    seq: int
+
+
 class Ready(msgspec.Struct, tag="ready", tag_field="t"):
     """The script loaded; the worker takes requests from now on."""
 
@@ -114,8 +126,8 @@ class Log(msgspec.Struct, tag="log", tag_field="t"):
     message: str
 
 
-ToWorker = Boot | Request | Cancel | Shutdown
-ToHost = Ready | Response | Failure | Log
+ToWorker = Boot | Request | Cancel | Shutdown | Ping
+ToHost = Ready | Response | Failure | Log | Pong
 
 
 class FrameTooLarge(ValueError):

@@ -170,6 +170,8 @@ class Runner:
                 self.tasks[frame.id] = task
             elif isinstance(frame, frames.Cancel):
                 self.cancel(frame.id)
+            elif isinstance(frame, frames.Ping):
+                self.send(frames.Pong(frame.seq))
             elif isinstance(frame, frames.Shutdown):
                 await self.drain()
                 return

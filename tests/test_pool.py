@@ -19,6 +19,7 @@ POOLED = textwrap.dedent(
     """
     import asyncio
     import os
+    import time
 
     LEAK = []
 
@@ -27,6 +28,9 @@ POOLED = textwrap.dedent(
             await asyncio.sleep(float(request.query["s"][0]))
         if request.path == "/leak":
             LEAK.append(bytearray(2 * 1024 * 1024))
+        if request.path == "/wedge":
+            # Answer, then block the event loop while no request is in flight.
+            asyncio.get_running_loop().call_later(0.1, time.sleep, 60)
         return {"pid": os.getpid()}
     """
 )
@@ -39,6 +43,7 @@ TENANTS = {
     "leaker": "memory_mb = 512\nmemory_ceiling_mb = 80\n",
     "dozer": "idle_timeout_s = 1\n",
     "steady": "",
+    "wedged": "timeout_ms = 1000\n",
 }
 
 
@@ -57,7 +62,12 @@ def pool_dispatcher(
     for name, limits in TENANTS.items():
         write_tenant(base / "tenants" / name, limits)
     write_tenant(base / "tenants" / "import-raiser", "", "raise RuntimeError('no')\n")
-    process = DispatcherProcess(base / "tenants", base / "state", base / "log")
+    process = DispatcherProcess(
+        base / "tenants",
+        base / "state",
+        base / "log",
+        extra_args=["--heartbeat", "0.5"],
+    )
     yield process  # type: ignore[misc]
     process.stop()
 
@@ -223,3 +233,19 @@ async def test_host_cap_evicts_the_least_recently_used_worker(tmp_path: Path) ->
         process.stop()
 
     assert alive == {pids["t6"], pids["t7"], pids["t8"]}
+
+
+async def test_worker_that_stops_answering_heartbeats_is_replaced(
+    http: httpx.AsyncClient, pool_dispatcher: DispatcherProcess
+) -> None:
+    """An idle worker whose event loop is stuck is found and replaced."""
+    wedged = (await http.get("/wedge", headers=tenant("wedged"))).json()["pid"]
+
+    deadline = time.monotonic() + 6
+    while psutil.pid_exists(wedged) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    after = await http.get("/pid", headers=tenant("wedged"))
+
+    assert not psutil.pid_exists(wedged)
+    assert after.json()["pid"] != wedged
+    assert "stopped answering heartbeats" in pool_dispatcher.log()
