@@ -24,6 +24,7 @@ import orjson
 from fastapi import FastAPI
 
 from dispatcher.bodies import BodyBudget, read_body
+from dispatcher.directory import TenantDirectory
 from dispatcher.errors import (
     DispatchError,
     InvalidTenantId,
@@ -33,6 +34,7 @@ from dispatcher.errors import (
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.pool import WorkerPool
+from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
@@ -70,7 +72,8 @@ class Dispatcher:
         self.tenant_log = TenantLog()
         self.launcher = ZygoteLauncher() if settings.zygote else ExecLauncher()
         self.pool = WorkerPool(settings, self.tenant_log, sandbox, self.launcher)
-        self.tenants: dict[str, Tenant] = {}
+        self.directory = TenantDirectory(self.pool)
+        self.background: list[asyncio.Task[None]] = []
         self.body_budget = BodyBudget(settings.max_held_body_bytes)
         self.operator_app = build_operator_app(self)
 
@@ -88,15 +91,21 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Read the tenants, warm the prewarm ones, then freeze the heap."""
-        self.tenants = load_tenants(self.settings.tenants_dir, self.settings.state_dir)
+        tenants = load_tenants(self.settings.tenants_dir, self.settings.state_dir)
+        self.directory.tenants = tenants
         log.info(
             "serving %d tenants from %s: %s",
-            len(self.tenants),
+            len(tenants),
             self.settings.tenants_dir,
-            ", ".join(self.tenants) or "none",
+            ", ".join(tenants) or "none",
         )
-        await self.pool.prewarm(list(self.tenants.values()))
-        self.supervisor = asyncio.create_task(self.pool.supervise())
+        await self.pool.prewarm(list(tenants.values()))
+        self.background.append(asyncio.create_task(self.pool.supervise()))
+        if self.settings.watch:
+            watcher = watch_tenants_folder(
+                self.settings.tenants_dir, self.settings.state_dir, self.directory
+            )
+            self.background.append(asyncio.create_task(watcher))
 
         # Objects alive now live as long as the process: moving them out of
         # the collector's reach cut full-collection pauses from tens of
@@ -105,7 +114,8 @@ class Dispatcher:
         gc.freeze()
 
     async def stop(self) -> None:
-        self.supervisor.cancel()
+        for task in self.background:
+            task.cancel()
         await self.pool.close()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +144,7 @@ class Dispatcher:
 
     def find_tenant(self, tenant_id: str) -> Tenant:
         """The tenant by id; unknown ids never start a process."""
-        tenant = self.tenants.get(tenant_id)
+        tenant = self.directory.get(tenant_id)
         if tenant is None:
             raise TenantNotFound(f"no tenant named {tenant_id!r}")
         return tenant
@@ -282,7 +292,7 @@ def build_operator_app(dispatcher: Dispatcher) -> FastAPI:
         """Alive: the dispatcher answers; says how many workers are warm."""
         return {
             "status": "ok",
-            "tenants": len(dispatcher.tenants),
+            "tenants": len(dispatcher.directory.tenants),
             "warm_workers": len(dispatcher.pool.workers),
         }
 

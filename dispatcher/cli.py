@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds of quiet before a worker is pinged (default %(default)s)",
     )
     run.add_argument(
+        "--no-watch",
+        action="store_true",
+        help="do not reload tenants when their folders change",
+    )
+    run.add_argument(
         "--no-zygote",
         action="store_true",
         help="start each worker as a fresh interpreter instead of a fork",
@@ -108,6 +113,7 @@ def run_command(args: argparse.Namespace) -> int:
         max_warm_workers=args.max_warm_workers,
         max_workers_memory_mb=args.max_workers_memory_mb,
         heartbeat_s=args.heartbeat,
+        watch=not args.no_watch,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:

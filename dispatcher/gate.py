@@ -25,6 +25,8 @@ class TenantGate:
         self.max_queue = max_queue
         self.max_wait_s = max_wait_s
         self.waiting = 0
+        # The tenant version whose limits these are.
+        self.tenant: object = None
 
     async def __aenter__(self) -> None:
         if not self.slots.locked():

@@ -68,6 +68,7 @@ class TenantWorkers:
 
     workers: list[Worker] = field(default_factory=list)
     starting: asyncio.Task[Worker] | None = None
+    starting_version: Tenant | None = None
 
 
 class WorkerPool:
@@ -106,11 +107,12 @@ class WorkerPool:
 
     def gate_for(self, tenant: Tenant) -> TenantGate:
         gate = self.gates.get(tenant.id)
-        if gate is None:
+        if gate is None or gate.tenant is not tenant:
             limits = tenant.config.limits
             capacity = limits.max_concurrency * limits.max_workers
             wait_s = limits.timeout_ms / 1000
             gate = TenantGate(capacity, limits.max_queue, wait_s)
+            gate.tenant = tenant
             self.gates[tenant.id] = gate
         return gate
 
@@ -119,7 +121,7 @@ class WorkerPool:
         group = self.groups.setdefault(tenant.id, TenantWorkers())
         limits = tenant.config.limits
         while True:
-            serving = [w for w in group.workers if w.serving]
+            serving = [w for w in group.workers if w.serving and w.tenant is tenant]
             best = min(serving, key=lambda w: w.in_flight, default=None)
             if best is not None and (
                 best.in_flight < limits.max_concurrency
@@ -139,7 +141,10 @@ class WorkerPool:
     ) -> asyncio.Task[Worker]:
         """The tenant's start under way, or a new one."""
         self.raise_if_failed_recently(tenant)
+        if group.starting is not None and group.starting_version is not tenant:
+            group.starting = None  # an older version's start: let it finish alone
         if group.starting is None:
+            group.starting_version = tenant
             group.starting = asyncio.create_task(self.spawn_worker(tenant, group))
         return group.starting
 
@@ -161,7 +166,8 @@ class WorkerPool:
             self.note_boot_failure(tenant, exc)
             raise
         finally:
-            group.starting = None
+            if group.starting_version is tenant:
+                group.starting = None
 
         self.boot_failures.pop(tenant.id, None)
         if self.closing:
@@ -171,6 +177,32 @@ class WorkerPool:
         worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
         group.workers.append(worker)
         return worker
+
+    async def adopt_new_version(self, tenant: Tenant) -> Worker:
+        """Boot a first worker for a new version of a tenant, as its trial.
+
+        A failure here is the deploy's to report, not a reason to back off
+        the version that is serving.
+        """
+        group = self.groups.setdefault(tenant.id, TenantWorkers())
+        await self.make_room()
+        worker = await Worker.spawn(
+            tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
+        )
+        self.boot_failures.pop(tenant.id, None)
+        worker.on_exit = self.forget_worker
+        worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
+        group.workers.append(worker)
+        return worker
+
+    async def retire_version(self, tenant: Tenant) -> None:
+        """Drain and stop the workers of a version no longer served."""
+        group = self.groups.get(tenant.id)
+        if group is None:
+            return
+        for worker in [w for w in group.workers if w.tenant is tenant]:
+            worker.retiring = True
+            worker.tasks.append(asyncio.create_task(worker.shutdown()))
 
     def note_boot_failure(self, tenant: Tenant, error: WorkerBootFailed) -> None:
         """Back off a tenant that cannot start: 5 s, 10 s, ... up to a minute."""

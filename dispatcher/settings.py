@@ -32,6 +32,8 @@ class Settings:
     # A tenant whose worker failed to boot is not retried for this long.
     boot_retry_after_s: float = 5.0
     access_log: bool = True
+    # Reload a tenant when its folder changes.
+    watch: bool = True
     # Host-wide bounds on warm workers, over every tenant's settings.
     max_warm_workers: int = 2000
     max_workers_memory_mb: int = 8192

@@ -29,6 +29,7 @@ that are missing, and answers 503 ``worker_boot_failed``; others serve.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import tomllib
@@ -91,6 +92,8 @@ class Tenant:
     config: TenantConfig
     bindings: dict[str, BindingValue] = field(default_factory=dict)
     problem: str | None = None
+    # What is deployed: a short hash of tenant.toml and the script.
+    version: str = ""
 
 
 def is_valid_tenant_id(tenant_id: str) -> bool:
@@ -128,8 +131,16 @@ def load_tenant(folder: Path, state_dir: Path) -> Tenant | None:
 
     tenant = Tenant(folder.name, folder.resolve(), config)
     tenant.bindings = dict(config.vars)
+    tenant.version = version_of(folder, config)
     resolve_secrets(tenant, state_dir)
     return tenant
+
+
+def version_of(folder: Path, config: TenantConfig) -> str:
+    """A short content hash naming what the folder holds now."""
+    digest = hashlib.sha256((folder / "tenant.toml").read_bytes())
+    digest.update((folder / config.script).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def is_tenant_folder(folder: Path) -> bool:
