@@ -27,11 +27,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-run: setup ## serve the tenants in tenants/ on 127.0.0.1:8787
-	$(BIN)/switchyard run --tenants tenants --state state
+TOKEN := state/admin.token
 
-dev: setup ## like run, with debug logs
-	$(BIN)/switchyard run --tenants tenants --state state --log-level debug
+# A random management API token for local runs, made once, readable by us only.
+$(TOKEN):
+	@mkdir -p state
+	@umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
+
+run: setup $(TOKEN) ## serve tenants/ on 127.0.0.1:8787, the API on :8788
+	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN)
+
+dev: setup $(TOKEN) ## like run, with debug logs
+	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN) \
+		--log-level debug
 
 test: setup ## run the test suite
 	$(BIN)/pytest -q

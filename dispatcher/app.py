@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 
+from dispatcher.admin import build_admin_app
 from dispatcher.bodies import BodyBudget, read_body
+from dispatcher.deployments import Deployments
 from dispatcher.directory import TenantDirectory
 from dispatcher.errors import (
     DispatchError,
@@ -34,6 +36,7 @@ from dispatcher.errors import (
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.pool import WorkerPool
+from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
@@ -67,17 +70,32 @@ OWNED_HEADERS = frozenset(
 class Dispatcher:
     """Routes each request to its tenant's worker; see the module note."""
 
-    def __init__(self, settings: Settings, sandbox: SandboxPolicy) -> None:
+    def __init__(
+        self, settings: Settings, sandbox: SandboxPolicy, registry: Registry
+    ) -> None:
         self.settings = settings
         self.tenant_log = TenantLog()
         self.launcher = ZygoteLauncher() if settings.zygote else ExecLauncher()
         self.pool = WorkerPool(settings, self.tenant_log, sandbox, self.launcher)
         self.directory = TenantDirectory(self.pool)
+        self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
+        # The management API, answered only on its own listener's port.
+        self.admin_app: Any = None
+        self.admin_port: int | None = None
         self.body_budget = BodyBudget(settings.max_held_body_bytes)
         self.operator_app = build_operator_app(self)
 
+    def enable_admin(self, token: str, port: int) -> None:
+        """Serve the management API to requests that arrive on ``port``."""
+        self.admin_app = build_admin_app(self.deployments, token)
+        self.admin_port = port
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server")
+        if self.admin_port is not None and server and server[1] == self.admin_port:
+            await self.admin_app(scope, receive, send)
+            return
         if scope["type"] != "http" or self.is_operator_request(scope):
             await self.operator_app(scope, receive, send)
             return
@@ -99,6 +117,7 @@ class Dispatcher:
             self.settings.tenants_dir,
             ", ".join(tenants) or "none",
         )
+        await self.deployments.restore_all()
         await self.pool.prewarm(list(tenants.values()))
         self.background.append(asyncio.create_task(self.pool.supervise()))
         if self.settings.watch:

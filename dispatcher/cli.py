@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import shlex
 import socket
@@ -21,6 +22,7 @@ import uvicorn
 from dispatcher.app import Dispatcher
 from dispatcher.doctor import run_doctor
 from dispatcher.http_protocol import SwitchyardHttpProtocol
+from dispatcher.registry import RegistryError, SqliteRegistry, load_secret_key
 from dispatcher.sandbox import SandboxUnavailable, build_sandbox_policy
 from dispatcher.settings import Settings
 from dispatcher.tenants import load_tenant
@@ -46,6 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--admin-port",
+        type=int,
+        default=8788,
+        help="port of the management API (0 picks a free one)",
+    )
+    run.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the management API's bearer token "
+        "(or set SWITCHYARD_ADMIN_TOKEN)",
+    )
     run.add_argument("--no-access-log", action="store_true")
     run.add_argument(
         "--max-warm-workers",
@@ -127,8 +141,21 @@ def run_command(args: argparse.Namespace) -> int:
     log.info("dispatcher listening on http://%s:%d", host, port)
 
     raise_open_files_limit()
+    try:
+        registry = SqliteRegistry(
+            settings.state_dir / "registry.sqlite3",
+            load_secret_key(settings.state_dir),
+        )
+    except RegistryError as exc:
+        log.error("cannot open the registry: %s", exc)
+        return 1
+    dispatcher = Dispatcher(settings, sandbox, registry)
+    sockets = [listener]
+    admin = open_admin_listener(args, dispatcher)
+    if admin is not None:
+        sockets.append(admin)
     config = uvicorn.Config(
-        Dispatcher(settings, sandbox),
+        dispatcher,
         http=SwitchyardHttpProtocol,
         log_config=None,
         access_log=False,
@@ -137,8 +164,41 @@ def run_command(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    uvicorn.Server(config).run(sockets=sockets)
+    registry.close()
     return 0
+
+
+def open_admin_listener(
+    args: argparse.Namespace, dispatcher: Dispatcher
+) -> socket.socket | None:
+    """The management API's own listener, or None when no token is set.
+
+    An API without a token would be open to anyone who reaches the port,
+    so without one it does not start at all.
+    """
+    token = admin_token(args.admin_token_file)
+    if token is None:
+        log.warning(
+            "management API disabled: set SWITCHYARD_ADMIN_TOKEN or "
+            "--admin-token-file to enable it"
+        )
+        return None
+    listener = socket.create_server((args.host, args.admin_port))
+    host, port = listener.getsockname()[:2]
+    dispatcher.enable_admin(token, port)
+    log.info("management API listening on http://%s:%d", host, port)
+    return listener
+
+
+def admin_token(token_file: Path | None) -> str | None:
+    """The bearer token, from the environment or a file; None if neither."""
+    token = os.environ.get("SWITCHYARD_ADMIN_TOKEN", "").strip()
+    if not token and token_file is not None and token_file.is_file():
+        token = token_file.read_text().strip()
+    if token and len(token) < 16:
+        raise SystemExit("switchyard: the admin token must be 16 characters or more")
+    return token or None
 
 
 def raise_open_files_limit() -> None:

@@ -44,7 +44,7 @@ class TenantDirectory:
         try:
             worker = await self.pool.adopt_new_version(tenant)
         except WorkerBootFailed as exc:
-            raise DeployRefused(exc.message) from None
+            raise DeployRefused(exc.detail) from None
 
         previous = self.tenants.get(tenant.id)
         self.tenants[tenant.id] = tenant

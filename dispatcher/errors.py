@@ -94,11 +94,19 @@ class DispatcherBusy(DispatchError):
 
 
 class WorkerBootFailed(DispatchError):
-    """The tenant cannot start: bad script, missing secret, confinement."""
+    """The tenant cannot start: bad script, missing secret, confinement.
+
+    ``detail`` says why in the script's own words (file, line, exception),
+    for whoever deployed it; clients get only the message.
+    """
 
     status = 503
     code = "worker_boot_failed"
     headers = (("retry-after", "5"),)
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 class WorkerTimeout(DispatchError):

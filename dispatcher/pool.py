@@ -99,6 +99,8 @@ class WorkerPool:
         self, tenant: Tenant, request: frames.Request
     ) -> frames.Response:
         """Run one request on one of the tenant's warm workers."""
+        if tenant.problem is not None:
+            raise WorkerBootFailed(f"the tenant cannot start: {tenant.problem}")
         async with self.gate_for(tenant):
             worker = await self.worker_for(tenant)
             worker.served += 1

@@ -73,12 +73,21 @@ async def reload_tenant(
 ) -> None:
     """Bring one tenant in line with its folder: install, update or remove."""
     if not (folder / "tenant.toml").is_file():
-        await directory.remove(folder.name)
+        serving = directory.get(folder.name)
+        if serving is not None and serving.dir.is_relative_to(folder.parent):
+            await directory.remove(folder.name)
         return
     tenant = load_tenant(folder, state_dir)
     if tenant is None:
         return
     serving = directory.get(tenant.id)
+    if serving is not None and not serving.dir.is_relative_to(folder.parent):
+        log.warning(
+            "tenant %s: folder changed, but the version deployed through the "
+            "API keeps serving",
+            tenant.id,
+        )
+        return
     if serving is not None and serving.version == tenant.version:
         return  # touched, not changed (a save with the same content)
 

@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -40,7 +41,7 @@ from dispatcher.errors import (
 from dispatcher.launcher import Launcher, WorkerProcess
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
-from dispatcher.tenant_log import TenantLog
+from dispatcher.tenant_log import TenantLog, redact
 from dispatcher.tenants import Tenant
 from sandbox_runner import frames
 from sandbox_runner.responses import response_problem
@@ -49,6 +50,7 @@ log = logging.getLogger("dispatcher.worker")
 
 
 LOG_CHUNK_BYTES = 64 * 1024
+TRACEBACK_FRAME = re.compile(r'File "([^"]+)", line (\d+)')
 # How long to wait for the exit code of a worker whose pipe closed, to tell
 # a crash from running out of memory.
 EXIT_CODE_WAIT_S = 0.5
@@ -80,6 +82,7 @@ class Worker:
         self.tasks: list[asyncio.Task[None]] = []
         self.startup_ms = 0.0
         self.layers: list[str] = []
+        self.boot_log = ""
         # Pool bookkeeping: load, age and size of this worker.
         self.served = 0
         self.last_used = time.monotonic()
@@ -171,6 +174,7 @@ class Worker:
             frame = await self.read_frame()
             if isinstance(frame, frames.Log):
                 self.tenant_log.emit_message(self.tenant, self.pid, frame.message)
+                self.boot_log = frame.message
                 continue
             if isinstance(frame, frames.Ready):
                 if frame.protocol != frames.PROTOCOL_VERSION:
@@ -193,13 +197,26 @@ class Worker:
             reason = f"the worker was not ready within {limit:g} s"
         else:
             reason = f"the worker exited during start-up (exit code {code})"
+        detail = f"{reason}: {self.load_error()}" if self.boot_log else reason
         log.error(
             "tenant %s: worker pid %d failed to boot: %s",
             self.tenant.id,
             self.pid,
-            reason,
+            detail,
         )
-        return WorkerBootFailed(reason)
+        return WorkerBootFailed(reason, detail)
+
+    def load_error(self) -> str:
+        """Where and why the script failed, from the traceback it sent."""
+        lines = [line for line in self.boot_log.splitlines() if line.strip()]
+        where = ""
+        for line in lines:
+            found = TRACEBACK_FRAME.search(line)
+            if found and found.group(1).startswith(str(self.tenant.dir)):
+                name = found.group(1)[len(str(self.tenant.dir)) + 1 :]
+                where = f"{name}, line {found.group(2)}: "
+        last = lines[-1].strip() if lines else ""
+        return redact(where + last, self.tenant)[:500]
 
     async def read_frame(self) -> frames.ToHost:
         """Read one frame from the worker, capped and strictly decoded."""

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 LISTENING = re.compile(rb"dispatcher listening on (http://[\d.]+:\d+)")
 STARTED = b"Application startup complete"
+ADMIN_LISTENING = re.compile(rb"management API listening on (http://[\d.]+:\d+)")
 ZYGOTE_STARTED = re.compile(r"zygote started, pid (\d+)")
 # Set in the dispatcher's own environment; no tenant may ever see it.
 CANARY = ("SWITCHYARD_TEST_CANARY", "dispatcher-only-value")
@@ -42,19 +43,22 @@ class DispatcherProcess:
         state_dir: Path,
         log_path: Path,
         extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.log_path = log_path
-        env = {**os.environ, CANARY[0]: CANARY[1]}
+        env = {**os.environ, CANARY[0]: CANARY[1], **(extra_env or {})}
         command = [
             sys.executable, "-m", "dispatcher", "run", "--port", "0",
             "--tenants", str(tenants_dir), "--state", str(state_dir),
-            "--body-timeout", "3", *(extra_args or []),
+            "--body-timeout", "3", "--admin-port", "0", *(extra_args or []),
         ]  # fmt: skip
         with open(log_path, "wb") as log_file:
             self.process = subprocess.Popen(
                 command, stdout=log_file, stderr=subprocess.STDOUT, env=env
             )
         self.url = self.wait_until_started()
+        admin = ADMIN_LISTENING.search(self.log_path.read_bytes())
+        self.admin_url = admin.group(1).decode() if admin else None
         self.ps = psutil.Process(self.process.pid)
 
     def wait_until_started(self, timeout_s: float = 30.0) -> str:

@@ -1,0 +1,408 @@
+"""The management API: deploy scripts, set secrets and settings, roll back.
+
+It listens on its own port (default 127.0.0.1:8788) so that it is never
+reachable through the public one by accident, and every request to it -
+the OpenAPI docs included - needs ``Authorization: Bearer <token>``: the
+check wraps the whole app, so a route added later cannot forget it.
+Without a configured token the API does not start at all.
+
+Paths follow the seed platform's shape::
+
+    /accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts/{script}
+
+The account segment is accepted for compatibility; one dispatcher serves
+one account. Only the dispatch namespace (``default``) is served.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Any
+
+import msgspec
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from dispatcher.deployments import Deployments
+from dispatcher.directory import DeployRefused
+from dispatcher.registry import (
+    RegistryError,
+    ScriptNotFound,
+    ScriptSettings,
+    ScriptVersion,
+    VersionNotFound,
+)
+from dispatcher.tenants import BINDING_NAME, is_valid_tenant_id
+
+SCRIPTS = "/accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts"
+SCRIPT = SCRIPTS + "/{script}"
+PYTHON_TYPES = ("text/x-python", "text/plain", "application/octet-stream")
+MAX_REQUEST_BYTES = 2 * 1024 * 1024
+
+
+class AdminError(Exception):
+    """An error answer of the management API, in the documented shape."""
+
+    def __init__(self, status: int, code: str, message: str, script: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.script = script
+
+
+class Metadata(msgspec.Struct, forbid_unknown_fields=True):
+    """The ``metadata`` part of a multipart upload."""
+
+    main_module: str = "worker.py"
+    vars: dict[str, str | int | float | bool] = {}
+    secrets: list[str] = []
+    limits: dict[str, int | float] = {}
+    tags: list[str] = []
+
+
+class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """A PATCH of settings: each field given replaces the current one."""
+
+    vars: dict[str, str | int | float | bool] | None = None
+    secrets: list[str] | None = None
+    limits: dict[str, int | float] | None = None
+    tags: list[str] | None = None
+
+
+def error_response(error: AdminError, request_id: str) -> Response:
+    body = {
+        "error": {
+            "code": error.code,
+            "message": error.message,
+            "tenant": error.script or None,
+            "request_id": request_id,
+        }
+    }
+    headers = {"x-request-id": request_id}
+    if error.status == 401:
+        headers["www-authenticate"] = "Bearer"
+    return Response(orjson.dumps(body), error.status, headers, "application/json")
+
+
+class BearerAuth:
+    """ASGI wrapper: no token 401, a wrong one 403, compared in constant time."""
+
+    def __init__(self, app: Any, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization")
+            if given is None:
+                error = AdminError(401, "unauthorized", "a bearer token is required")
+            elif not hmac.compare_digest(given, self.expected):
+                error = AdminError(403, "forbidden", "the bearer token is not valid")
+            else:
+                error = None
+            if error is not None:
+                await error_response(error, os.urandom(8).hex())(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_admin_app(deployments: Deployments, token: str) -> BearerAuth:
+    """The management API, wrapped in its bearer-token check."""
+    app = FastAPI(title="Switchyard management API", version="1")
+
+    @app.exception_handler(AdminError)
+    async def on_admin_error(request: Request, exc: AdminError) -> Response:
+        return error_response(exc, os.urandom(8).hex())
+
+    add_script_routes(app, deployments)
+    add_secret_routes(app, deployments)
+    add_version_routes(app, deployments)
+    return BearerAuth(app, token)
+
+
+def checked_script(namespace: str, script: str, deployments: Deployments) -> str:
+    """Refuse bad names before any file-system or database access."""
+    if not is_valid_tenant_id(script):
+        raise AdminError(
+            400, "invalid_name", "script names match ^[a-z0-9][a-z0-9-]{0,62}$"
+        )
+    if namespace != deployments.namespace:
+        raise AdminError(404, "namespace_not_found", f"no namespace {namespace[:64]!r}")
+    return script
+
+
+def describe(version: ScriptVersion, startup_ms: float | None = None) -> dict[str, Any]:
+    """A version as the API shows it: never a secret value."""
+    settings = version.settings
+    answer: dict[str, Any] = {
+        "id": version.version_id,
+        "script": version.script,
+        "number": version.number,
+        "sha256": version.sha256,
+        "main_module": version.main_module,
+        "files": sorted(version.files),
+        "vars": settings.vars,
+        "secrets": settings.secret_names,
+        "limits": settings.limits,
+        "tags": settings.tags,
+        "created_at": version.created_at,
+        "active": version.active,
+    }
+    if startup_ms is not None:
+        answer["startup_time_ms"] = round(startup_ms, 2)
+    return answer
+
+
+async def read_upload(
+    request: Request, previous: ScriptVersion | None
+) -> tuple[str, dict[str, bytes], ScriptSettings]:
+    """The files and settings of an upload: plain source or multipart."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type in PYTHON_TYPES:
+        source = await read_limited(request)
+        settings = previous.settings if previous else ScriptSettings({}, [], {}, [])
+        main = previous.main_module if previous else "worker.py"
+        return main, {main: source}, settings
+    if content_type == "multipart/form-data":
+        return await read_multipart(request)
+    raise AdminError(
+        415, "unsupported_media_type", "send text/x-python or multipart/form-data"
+    )
+
+
+async def read_limited(request: Request) -> bytes:
+    body = await request.body()
+    if len(body) > MAX_REQUEST_BYTES:
+        raise AdminError(
+            413,
+            "payload_too_large",
+            f"uploads are limited to {MAX_REQUEST_BYTES} bytes",
+        )
+    return body
+
+
+async def read_multipart(
+    request: Request,
+) -> tuple[str, dict[str, bytes], ScriptSettings]:
+    """A ``metadata`` JSON part plus one part per module file."""
+    form = await request.form(
+        max_files=64, max_fields=16, max_part_size=MAX_REQUEST_BYTES
+    )
+    metadata = Metadata()
+    files: dict[str, bytes] = {}
+    for key, value in form.multi_items():
+        raw = await value.read() if hasattr(value, "read") else str(value).encode()
+        if key == "metadata":
+            metadata = decode_metadata(raw)
+        else:
+            name = getattr(value, "filename", None) or key
+            files[str(name)] = raw
+    settings = ScriptSettings(
+        metadata.vars, metadata.secrets, metadata.limits, metadata.tags
+    )
+    check_binding_names(settings)
+    return metadata.main_module, files, settings
+
+
+def decode_metadata(raw: bytes) -> Metadata:
+    try:
+        return msgspec.json.decode(raw, type=Metadata)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise AdminError(400, "invalid_metadata", f"metadata: {exc}") from None
+
+
+def check_binding_names(settings: ScriptSettings) -> None:
+    for name in [*settings.vars, *settings.secret_names]:
+        if not BINDING_NAME.fullmatch(name):
+            raise AdminError(
+                400, "invalid_name", f"binding name {name[:64]!r} is not an identifier"
+            )
+
+
+def add_script_routes(app: FastAPI, deployments: Deployments) -> None:
+    registry = deployments.registry
+
+    @app.put(SCRIPT, summary="Upload a script (new version, trial-loaded)")
+    async def put_script(
+        request: Request, account: str, namespace: str, script: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        previous = registry.active_version(namespace, name)
+        main, files, settings = await read_upload(request, previous)
+        try:
+            version, startup_ms = await deployments.deploy(name, main, files, settings)
+        except DeployRefused as exc:
+            raise AdminError(400, "invalid_script", str(exc), name) from None
+        return describe(version, startup_ms)
+
+    @app.get(SCRIPT, summary="The script's active version")
+    async def get_script(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        version = registry.active_version(namespace, name)
+        if version is None:
+            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+        return describe(version)
+
+    @app.get(SCRIPTS, summary="Every script, optionally those with a tag")
+    async def list_scripts(
+        account: str, namespace: str, tag: str | None = None
+    ) -> dict[str, Any]:
+        checked_script(namespace, "x", deployments)
+        versions = registry.list_scripts(namespace, tag)
+        return {"scripts": [describe(v) for v in versions]}
+
+    @app.delete(SCRIPT, summary="Delete a script; its workers drain and stop")
+    async def delete_script(
+        account: str, namespace: str, script: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        if not await deployments.remove(name):
+            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+        return {"deleted": name}
+
+    @app.patch(SCRIPT + "/settings", summary="Change vars, secret names, limits, tags")
+    async def patch_settings(
+        request: Request, account: str, namespace: str, script: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        current = registry.active_version(namespace, name)
+        if current is None:
+            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+        settings = merged_settings(current.settings, await read_patch(request))
+        check_binding_names(settings)
+        try:
+            await deployments.serve_changed_settings(current, settings)
+        except DeployRefused as exc:
+            raise AdminError(400, "invalid_settings", str(exc), name) from None
+        version = registry.update_settings(namespace, name, settings)
+        return describe(version)
+
+
+async def read_patch(request: Request) -> SettingsPatch:
+    try:
+        return msgspec.json.decode(await read_limited(request), type=SettingsPatch)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise AdminError(400, "invalid_settings", f"settings: {exc}") from None
+
+
+def merged_settings(current: ScriptSettings, patch: SettingsPatch) -> ScriptSettings:
+    return ScriptSettings(
+        vars=current.vars if patch.vars is None else patch.vars,
+        secret_names=current.secret_names if patch.secrets is None else patch.secrets,
+        limits=current.limits if patch.limits is None else patch.limits,
+        tags=current.tags if patch.tags is None else patch.tags,
+    )
+
+
+def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:
+    registry = deployments.registry
+
+    @app.put(
+        SCRIPT + "/secrets/{secret}", summary="Set a secret (value never returned)"
+    )
+    async def put_secret(
+        request: Request, account: str, namespace: str, script: str, secret: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        check_secret_name(secret)
+        value = secret_value_of(await read_limited(request), request)
+        try:
+            registry.put_secret(namespace, name, secret, value)
+        except ScriptNotFound:
+            raise AdminError(
+                404, "script_not_found", f"no script {name!r}", name
+            ) from None
+        await deployments.reload_secrets(name)
+        return {"name": secret, "type": "secret_text"}
+
+    @app.get(SCRIPT + "/secrets", summary="The names of the script's secrets")
+    async def list_secrets(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        try:
+            names = registry.secret_names(namespace, name)
+        except ScriptNotFound:
+            raise AdminError(
+                404, "script_not_found", f"no script {name!r}", name
+            ) from None
+        return {"secrets": [{"name": n, "type": "secret_text"} for n in names]}
+
+    @app.delete(SCRIPT + "/secrets/{secret}", summary="Delete a secret")
+    async def delete_secret(
+        account: str, namespace: str, script: str, secret: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        check_secret_name(secret)
+        try:
+            deleted = registry.delete_secret(namespace, name, secret)
+        except ScriptNotFound:
+            deleted = False
+        if not deleted:
+            raise AdminError(404, "secret_not_found", f"no secret {secret!r}", name)
+        await deployments.reload_secrets(name)
+        return {"deleted": secret}
+
+
+def check_secret_name(secret: str) -> None:
+    if not BINDING_NAME.fullmatch(secret):
+        raise AdminError(400, "invalid_name", "secret names are identifiers")
+
+
+def secret_value_of(body: bytes, request: Request) -> str:
+    """The value from ``{"text": ...}`` JSON or a plain-text body."""
+    if request.headers.get("content-type", "").startswith("application/json"):
+        try:
+            value = msgspec.json.decode(body, type=dict[str, str])["text"]
+        except (msgspec.ValidationError, msgspec.DecodeError, KeyError):
+            # Never echo the body: it is a secret.
+            raise AdminError(
+                400, "invalid_secret", 'send {"text": "..."} or plain text'
+            ) from None
+        return value
+    return body.decode("utf-8", "strict")
+
+
+def add_version_routes(app: FastAPI, deployments: Deployments) -> None:
+    registry = deployments.registry
+
+    @app.get(SCRIPT + "/versions", summary="Every version, newest first")
+    async def list_versions(
+        account: str, namespace: str, script: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        try:
+            versions = registry.versions(namespace, name)
+        except ScriptNotFound:
+            raise AdminError(
+                404, "script_not_found", f"no script {name!r}", name
+            ) from None
+        return {"versions": [describe(v) for v in versions]}
+
+    @app.post(
+        SCRIPT + "/versions/{version_id}/rollback",
+        summary="Serve an earlier version again",
+    )
+    async def rollback(
+        account: str, namespace: str, script: str, version_id: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        try:
+            target = next(
+                v
+                for v in registry.versions(namespace, name)
+                if v.version_id == version_id
+            )
+        except (ScriptNotFound, StopIteration):
+            raise AdminError(
+                404, "version_not_found", f"no version {version_id[:40]!r}", name
+            ) from None
+        try:
+            startup_ms = await deployments.serve_version(target)
+            version = registry.activate(namespace, name, version_id)
+        except DeployRefused as exc:
+            raise AdminError(400, "invalid_script", str(exc), name) from None
+        except (VersionNotFound, RegistryError) as exc:
+            raise AdminError(404, "version_not_found", str(exc), name) from None
+        return describe(version, startup_ms)

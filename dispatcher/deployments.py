@@ -1,0 +1,241 @@
+"""Scripts deployed through the management API, from registry to serving.
+
+The registry (``registry.py``) is the record: every version's files and
+settings, and the secrets, encrypted. To serve a version, its files are
+written once to ``<state>/deployed/<script>/<sha256>/``, a folder named by
+its content so that a version is never half-written where a worker reads
+it, and the tenant is installed through the same safe swap a folder reload
+uses (``directory.py``): compiled, booted in a trial worker, then served
+while the previous version drains.
+
+A tenant id is the script's name in the dispatch namespace (``default``
+unless configured). When the tenants folder and the registry both hold a
+tenant, the registry's wins: the folder is for development, the API is how
+a platform deploys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from dispatcher.directory import DeployRefused, TenantDirectory
+from dispatcher.registry import (
+    Registry,
+    RegistryError,
+    ScriptSettings,
+    ScriptVersion,
+)
+from dispatcher.tenants import Limits, Tenant, TenantConfig
+
+log = logging.getLogger("dispatcher.deployments")
+
+MAX_SCRIPT_BYTES = 1024 * 1024
+FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.(py|json)$")
+
+
+class Deployments:
+    """Deploys, updates, rolls back and removes API-managed tenants."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        directory: TenantDirectory,
+        state_dir: Path,
+        namespace: str = "default",
+    ) -> None:
+        self.registry = registry
+        self.directory = directory
+        self.root = state_dir.resolve() / "deployed"
+        self.namespace = namespace
+
+    async def deploy(
+        self,
+        script: str,
+        main_module: str,
+        files: dict[str, bytes],
+        settings: ScriptSettings,
+    ) -> tuple[ScriptVersion, float]:
+        """Trial-load and serve new code; record it only once it serves."""
+        check_files(main_module, files)
+        check_limits(settings)
+        staged = StagedVersion(script, main_module, files, settings)
+
+        folder = staged.folder(self.root)
+        startup_ms = await self.serve(script, folder, main_module, settings)
+        version = self.registry.put_version(
+            self.namespace, script, main_module, files, settings
+        )
+        return version, startup_ms
+
+    async def serve(
+        self, script: str, folder: Path, main_module: str, settings: ScriptSettings
+    ) -> float:
+        """Install the version in ``folder`` as tenant ``script``.
+
+        A version whose secrets have no value yet still gets its trial
+        load, so that code errors show at once; it then answers 503
+        naming the missing secrets until they are set.
+        """
+        secrets = self.registry_secrets(script)
+        tenant = tenant_for(script, folder, main_module, settings, secrets)
+        startup_ms = await self.directory.install(tenant)
+        missing = missing_secrets(tenant)
+        if missing:
+            tenant.problem = f"secrets without a value: {', '.join(missing)}"
+        return startup_ms
+
+    def registry_secrets(self, script: str) -> dict[str, str]:
+        if self.registry.active_version(self.namespace, script) is None:
+            return {}
+        return self.registry.secret_values(self.namespace, script)
+
+    async def serve_version(self, version: ScriptVersion) -> float:
+        """Serve a version already in the registry (rollback, settings)."""
+        staged = StagedVersion(
+            version.script, version.main_module, version.files, version.settings
+        )
+        folder = staged.folder(self.root)
+        return await self.serve(
+            version.script, folder, version.main_module, version.settings
+        )
+
+    async def serve_changed_settings(
+        self, current: ScriptVersion, settings: ScriptSettings
+    ) -> float:
+        """Serve the current code with new settings (trial-loaded first)."""
+        check_limits(settings)
+        staged = StagedVersion(
+            current.script, current.main_module, current.files, settings
+        )
+        folder = staged.folder(self.root)
+        return await self.serve(current.script, folder, current.main_module, settings)
+
+    async def reload_secrets(self, script: str) -> None:
+        """Serve the active version again, with the secrets as they are now."""
+        version = self.registry.active_version(self.namespace, script)
+        if version is None:
+            return
+        try:
+            await self.serve_version(version)
+        except DeployRefused as exc:
+            log.warning("tenant %s: secrets changed but not served: %s", script, exc)
+
+    async def restore_all(self) -> None:
+        """At start-up: serve every active version the registry holds."""
+        for version in self.registry.list_all_active():
+            if version.namespace != self.namespace:
+                continue
+            if self.directory.get(version.script) is not None:
+                log.warning(
+                    "tenant %s is both in the tenants folder and deployed "
+                    "through the API; the deployed version serves",
+                    version.script,
+                )
+            try:
+                await self.serve_version(version)
+            except (DeployRefused, RegistryError) as exc:
+                # One tenant that cannot serve must not keep the rest down.
+                log.error(
+                    "tenant %s: deployed version cannot serve: %s", version.script, exc
+                )
+
+    async def remove(self, script: str) -> bool:
+        """Stop serving a script and forget it, secrets included."""
+        existed = self.registry.delete_script(self.namespace, script)
+        if existed:
+            await self.directory.remove(script)
+            shutil.rmtree(self.root / script, ignore_errors=True)
+        return existed
+
+
+class StagedVersion:
+    """A version's files, written to a content-addressed folder on demand."""
+
+    def __init__(
+        self,
+        script: str,
+        main_module: str,
+        files: dict[str, bytes],
+        settings: ScriptSettings,
+    ) -> None:
+        self.script = script
+        self.main_module = main_module
+        self.files = files
+        self.settings = settings
+
+    def folder(self, root: Path) -> Path:
+        """The version's folder, written atomically the first time."""
+        digest = content_digest(self.main_module, self.files)
+        target = root / self.script / digest
+        if target.is_dir():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        for name, content in self.files.items():
+            (staging / name).write_bytes(content)
+        staging.chmod(0o755)
+        try:
+            staging.rename(target)
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)  # written meanwhile
+        return target
+
+
+def content_digest(main_module: str, files: dict[str, bytes]) -> str:
+    """A short hash of the files: the name of the folder that holds them."""
+    digest = hashlib.sha256(main_module.encode())
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + files[name] + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def check_files(main_module: str, files: dict[str, bytes]) -> None:
+    """Flat, safe file names, the main module among them, a bounded size."""
+    for name in files:
+        if not FILE_NAME.fullmatch(name):
+            raise DeployRefused(f"file name {name[:60]!r} is not allowed")
+    if main_module not in files:
+        raise DeployRefused(f"main module {main_module!r} is not among the files")
+    total = sum(len(content) for content in files.values())
+    if total > MAX_SCRIPT_BYTES:
+        raise DeployRefused(
+            f"script files of {total} bytes are over the limit of {MAX_SCRIPT_BYTES}"
+        )
+
+
+def check_limits(settings: ScriptSettings) -> None:
+    try:
+        msgspec.convert(settings.limits, Limits)
+    except msgspec.ValidationError as exc:
+        raise DeployRefused(f"limits: {exc}") from None
+
+
+def tenant_for(
+    script: str,
+    folder: Path,
+    main_module: str,
+    settings: ScriptSettings,
+    secrets: dict[str, str],
+) -> Tenant:
+    """The Tenant a deployed version serves as, with its secret values."""
+    config = TenantConfig(
+        script=main_module,
+        secrets=list(settings.secret_names),
+        vars=dict(settings.vars),
+        limits=msgspec.convert(settings.limits, Limits),
+    )
+    tenant = Tenant(script, folder, config, version=folder.name)
+    known = {name: secrets[name] for name in settings.secret_names if name in secrets}
+    tenant.bindings = {**settings.vars, **known}
+    return tenant
+
+
+def missing_secrets(tenant: Tenant) -> list[str]:
+    return [name for name in tenant.config.secrets if name not in tenant.bindings]
