@@ -22,7 +22,8 @@ import uvicorn
 from dispatcher.app import Dispatcher
 from dispatcher.doctor import run_doctor
 from dispatcher.http_protocol import SwitchyardHttpProtocol
-from dispatcher.registry import RegistryError, SqliteRegistry, load_secret_key
+from dispatcher.registry import RegistryError, load_secret_key
+from dispatcher.registry_sqlite import SqliteRegistry
 from dispatcher.sandbox import SandboxUnavailable, build_sandbox_policy
 from dispatcher.settings import Settings
 from dispatcher.tenants import load_tenant

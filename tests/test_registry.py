@@ -22,10 +22,10 @@ from dispatcher.registry import (
     ScriptSettings,
     ScriptVersion,
     SecretUnreadable,
-    SqliteRegistry,
     VersionNotFound,
     load_secret_key,
 )
+from dispatcher.registry_sqlite import SqliteRegistry
 
 KEY = Fernet.generate_key()
 # Distinctive, so that finding it in the database files cannot be chance.
