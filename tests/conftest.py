@@ -103,6 +103,8 @@ def make_tenants_dir(target: Path) -> Path:
         for folder in source.iterdir():
             if folder.is_dir():
                 shutil.copytree(folder, target / folder.name)
+    # Two tenants running the same script, to compare their interpreters.
+    shutil.copytree(target / "hash-prober", target / "hash-prober-twin")
     add_tenant(target / "broken", 'script = "worker.py"\n', BROKEN_SCRIPT)
     add_tenant(target / "bad-limits", "[limits]\ntimeout_ms = 0\n", "")
     linked = add_tenant(target / "linked-script", 'script = "worker.py"\n', "")

@@ -45,11 +45,11 @@ def exec_dispatcher(
 ) -> Iterator[DispatcherProcess]:
     """A dispatcher that starts every worker as a fresh interpreter."""
     base = tmp_path_factory.mktemp("no-zygote")
-    for name in ("hash-prober", "hash-prober-twin", "echo"):
-        source = PROBERS / name
-        if not source.is_dir():
-            source = Path(__file__).parent.parent / "tenants" / name
-        shutil.copytree(source, base / "tenants" / name)
+    shutil.copytree(PROBERS / "hash-prober", base / "tenants" / "hash-prober")
+    shutil.copytree(PROBERS / "hash-prober", base / "tenants" / "hash-prober-twin")
+    shutil.copytree(
+        Path(__file__).parent.parent / "tenants" / "echo", base / "tenants" / "echo"
+    )
     process = DispatcherProcess(
         base / "tenants", base / "state", base / "log", extra_args=["--no-zygote"]
     )
