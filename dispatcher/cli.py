@@ -1,9 +1,12 @@
 """The ``switchyard`` command: ``run`` the dispatcher, ``sign`` a sample.
 
-``switchyard run`` serves the tenants of a folder on one public listener.
+``switchyard run`` serves the tenants of a folder on one public listener;
+``switchyard dev`` is the same with debug logs.
 ``switchyard sign TENANT FILE`` prints a ``curl`` command that sends FILE to
 TENANT signed the way its webhook sender would sign it, using the tenant's
-own secret - a quick way to try an example tenant by hand.
+own secret - a quick way to try an example tenant by hand. ``deploy``,
+``tenants``, ``secrets``, ``versions`` and ``rollback`` manage a running
+dispatcher through its management API.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import uvicorn
 from dispatcher.app import Dispatcher
 from dispatcher.doctor import run_doctor
 from dispatcher.http_protocol import SwitchyardHttpProtocol
+from dispatcher.manage import add_manage_commands
 from dispatcher.registry import RegistryError, load_secret_key
 from dispatcher.registry_sqlite import SqliteRegistry
 from dispatcher.sandbox import SandboxUnavailable, build_sandbox_policy
@@ -44,6 +48,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="serve the tenants of a folder")
+    add_run_arguments(run)
+    run.set_defaults(handler=run_command)
+
+    dev = commands.add_parser(
+        "dev", help="the same as run, with debug logs (takes run's options)"
+    )
+    add_run_arguments(dev)
+    # A parser's own default overrides the argument's: --log-level still wins.
+    dev.set_defaults(handler=run_command, log_level="debug")
+
+    doctor = commands.add_parser(
+        "doctor", help="show which confinement layers workers get here"
+    )
+    doctor.add_argument("--state", type=Path, default=Path("state"))
+    doctor.set_defaults(handler=doctor_command)
+
+    sign = commands.add_parser("sign", help="print a signed curl for a sample")
+    sign.add_argument("tenant")
+    sign.add_argument("file", type=Path)
+    sign.add_argument("--tenants", type=Path, default=Path("tenants"))
+    sign.add_argument("--state", type=Path, default=Path("state"))
+    sign.add_argument("--url", default="http://127.0.0.1:8787/webhook")
+    sign.set_defaults(handler=sign_command)
+
+    add_manage_commands(commands)
+    return parser
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of ``run``, shared with ``dev``."""
     run.add_argument("--tenants", type=Path, default=Path("tenants"))
     run.add_argument("--state", type=Path, default=Path("state"))
     run.add_argument("--host", default="127.0.0.1")
@@ -86,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not reload tenants when their folders change",
     )
     run.add_argument(
+        "--allow-private-egress",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a private network tenants may call (repeatable; default none)",
+    )
+    run.add_argument(
+        "--delivery-time-scale",
+        type=float,
+        default=1.0,
+        help=argparse.SUPPRESS,  # tests compress backoff schedules with it
+    )
+    run.add_argument(
         "--no-zygote",
         action="store_true",
         help="start each worker as a fresh interpreter instead of a fork",
@@ -96,22 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=Settings.body_timeout_s,
         help="seconds a request body may take to arrive (default %(default)s)",
     )
-    run.set_defaults(handler=run_command)
-
-    doctor = commands.add_parser(
-        "doctor", help="show which confinement layers workers get here"
-    )
-    doctor.add_argument("--state", type=Path, default=Path("state"))
-    doctor.set_defaults(handler=doctor_command)
-
-    sign = commands.add_parser("sign", help="print a signed curl for a sample")
-    sign.add_argument("tenant")
-    sign.add_argument("file", type=Path)
-    sign.add_argument("--tenants", type=Path, default=Path("tenants"))
-    sign.add_argument("--state", type=Path, default=Path("state"))
-    sign.add_argument("--url", default="http://127.0.0.1:8787/webhook")
-    sign.set_defaults(handler=sign_command)
-    return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -129,6 +160,8 @@ def run_command(args: argparse.Namespace) -> int:
         max_workers_memory_mb=args.max_workers_memory_mb,
         heartbeat_s=args.heartbeat,
         watch=not args.no_watch,
+        private_egress=tuple(args.allow_private_egress),
+        delivery_time_scale=args.delivery_time_scale,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     try:
