@@ -16,6 +16,7 @@ one account. Only the dispatch namespace (``default``) is served.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import os
 from typing import Any
@@ -25,6 +26,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
 from dispatcher.registry import (
@@ -109,7 +111,12 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def build_admin_app(deployments: Deployments, token: str) -> BearerAuth:
+def build_admin_app(
+    deployments: Deployments,
+    token: str,
+    deliveries: DeliveryStore | None = None,
+    delivery_wake: asyncio.Event | None = None,
+) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
     app = FastAPI(title="Switchyard management API", version="1")
 
@@ -120,6 +127,7 @@ def build_admin_app(deployments: Deployments, token: str) -> BearerAuth:
     add_script_routes(app, deployments)
     add_secret_routes(app, deployments)
     add_version_routes(app, deployments)
+    add_delivery_routes(app, deployments, deliveries, delivery_wake)
     return BearerAuth(app, token)
 
 
@@ -406,3 +414,66 @@ def add_version_routes(app: FastAPI, deployments: Deployments) -> None:
         except (VersionNotFound, RegistryError) as exc:
             raise AdminError(404, "version_not_found", str(exc), name) from None
         return describe(version, startup_ms)
+
+
+def add_delivery_routes(
+    app: FastAPI,
+    deployments: Deployments,
+    store: DeliveryStore | None,
+    wake: asyncio.Event | None,
+) -> None:
+    """Deliveries and dead letters of a script: list, inspect, replay, discard."""
+
+    def the_store() -> DeliveryStore:
+        if store is None:
+            raise AdminError(503, "deliveries_unavailable", "no delivery store")
+        return store
+
+    @app.get(SCRIPT + "/deliveries", summary="Deliveries, optionally by state")
+    async def list_deliveries(
+        account: str, namespace: str, script: str, state: str | None = None
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        found = await asyncio.to_thread(the_store().list, name, state)
+        return {"deliveries": [d.summary() for d in found]}
+
+    @app.get(SCRIPT + "/deliveries/{delivery_id}", summary="One delivery")
+    async def get_delivery(
+        account: str, namespace: str, script: str, delivery_id: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        delivery = await asyncio.to_thread(the_store().get, delivery_id)
+        if delivery is None or delivery.tenant != name:
+            raise AdminError(404, "delivery_not_found", "no such delivery", name)
+        return delivery.summary()
+
+    @app.post(SCRIPT + "/deliveries/replay", summary="Replay every dead letter")
+    async def replay_all(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        count = await asyncio.to_thread(the_store().replay, name, None)
+        if wake is not None:
+            wake.set()
+        return {"replayed": count}
+
+    @app.post(
+        SCRIPT + "/deliveries/{delivery_id}/replay", summary="Replay one dead letter"
+    )
+    async def replay_one(
+        account: str, namespace: str, script: str, delivery_id: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        count = await asyncio.to_thread(the_store().replay, name, delivery_id)
+        if not count:
+            raise AdminError(404, "delivery_not_found", "no such dead letter", name)
+        if wake is not None:
+            wake.set()
+        return {"replayed": count}
+
+    @app.delete(SCRIPT + "/deliveries/{delivery_id}", summary="Discard a dead letter")
+    async def discard(
+        account: str, namespace: str, script: str, delivery_id: str
+    ) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        if not await asyncio.to_thread(the_store().discard, name, delivery_id):
+            raise AdminError(404, "delivery_not_found", "no such dead letter", name)
+        return {"discarded": delivery_id}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from fastapi import FastAPI
 
 from dispatcher.admin import build_admin_app
 from dispatcher.bodies import BodyBudget, read_body
+from dispatcher.deliveries import AsyncDeliverySink, DeliveryLoop, DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import TenantDirectory
 from dispatcher.errors import (
@@ -35,6 +37,7 @@ from dispatcher.errors import (
     TenantNotFound,
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
+from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.pool import WorkerPool
 from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
@@ -76,7 +79,14 @@ class Dispatcher:
         self.settings = settings
         self.tenant_log = TenantLog()
         self.launcher = ZygoteLauncher() if settings.zygote else ExecLauncher()
-        self.pool = WorkerPool(settings, self.tenant_log, sandbox, self.launcher)
+        self.delivery_store = DeliveryStore(settings.state_dir / "deliveries.sqlite3")
+        self.delivery_wake = asyncio.Event()
+        sink = AsyncDeliverySink(self.delivery_store, self.delivery_wake)
+        networks = [ipaddress.ip_network(n) for n in settings.private_egress]
+        self.gateway = EgressGateway(EgressPolicy(networks), sink)
+        self.pool = WorkerPool(
+            settings, self.tenant_log, sandbox, self.launcher, self.gateway
+        )
         self.directory = TenantDirectory(self.pool)
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
@@ -88,7 +98,9 @@ class Dispatcher:
 
     def enable_admin(self, token: str, port: int) -> None:
         """Serve the management API to requests that arrive on ``port``."""
-        self.admin_app = build_admin_app(self.deployments, token)
+        self.admin_app = build_admin_app(
+            self.deployments, token, self.delivery_store, self.delivery_wake
+        )
         self.admin_port = port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -120,6 +132,12 @@ class Dispatcher:
         await self.deployments.restore_all()
         await self.pool.prewarm(list(tenants.values()))
         self.background.append(asyncio.create_task(self.pool.supervise()))
+        self.delivery_loop = DeliveryLoop(
+            self.delivery_store,
+            self.delivery_wake,
+            time_scale=self.settings.delivery_time_scale,
+        )
+        self.background.append(asyncio.create_task(self.delivery_loop.run()))
         if self.settings.watch:
             watcher = watch_tenants_folder(
                 self.settings.tenants_dir, self.settings.state_dir, self.directory
@@ -136,6 +154,9 @@ class Dispatcher:
         for task in self.background:
             task.cancel()
         await self.pool.close()
+        await self.gateway.close()
+        await self.delivery_loop.close()
+        self.delivery_store.close()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Answer one tenant request, always in the documented shape."""

@@ -39,6 +39,7 @@ import psutil
 from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
 from dispatcher.gate import TenantGate
 from dispatcher.launcher import Launcher
+from dispatcher.outbound import NO_OUTBOUND, OutboundGateway
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog
@@ -80,8 +81,10 @@ class WorkerPool:
         tenant_log: TenantLog,
         sandbox: SandboxPolicy,
         launcher: Launcher,
+        gateway: OutboundGateway = NO_OUTBOUND,
     ) -> None:
         self.settings = settings
+        self.gateway = gateway
         self.sandbox = sandbox
         self.launcher = launcher
         self.tenant_log = tenant_log
@@ -176,6 +179,7 @@ class WorkerPool:
             await worker.shutdown()
             raise WorkerCrashed("the dispatcher is shutting down")
         worker.on_exit = self.forget_worker
+        worker.outbound_gateway = self.gateway
         worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
         group.workers.append(worker)
         return worker
@@ -193,6 +197,7 @@ class WorkerPool:
         )
         self.boot_failures.pop(tenant.id, None)
         worker.on_exit = self.forget_worker
+        worker.outbound_gateway = self.gateway
         worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
         group.workers.append(worker)
         return worker

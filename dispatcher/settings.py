@@ -40,6 +40,10 @@ class Settings:
     supervise_interval_s: float = 1.0
     # A worker quiet for this long is pinged.
     heartbeat_s: float = 5.0
+    # Networks tenants may call although they are private (tests: loopback).
+    private_egress: tuple[str, ...] = ()
+    # Below 1, delivery backoff runs that much faster (tests only).
+    delivery_time_scale: float = 1.0
     # Fork workers from a pre-imported zygote (fast) rather than exec a
     # fresh interpreter for each.
     zygote: bool = True

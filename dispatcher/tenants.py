@@ -73,6 +73,27 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     memory_ceiling_mb: Annotated[int, Meta(ge=0, le=65_536)] = 0
 
 
+class Egress(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Where the tenant's code may call out to, and how often per request.
+
+    ``allow`` lists host names, exact or ``*.example.com``; nothing else is
+    reachable. Private addresses stay refused unless the operator allows
+    their network (``--allow-private-egress``).
+    """
+
+    allow: list[str] = []
+    max_subrequests: Annotated[int, Meta(ge=0, le=1000)] = 50
+
+
+class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """How a delivery is retried: attempts, age, exponential backoff."""
+
+    max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 10
+    max_age_s: Annotated[float, Meta(gt=0)] = 6 * 3600.0
+    base_delay_s: Annotated[float, Meta(gt=0)] = 1.0
+    max_delay_s: Annotated[float, Meta(gt=0, le=86_400)] = 3600.0
+
+
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The contents of one ``tenant.toml``."""
 
@@ -81,6 +102,8 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     secrets: list[str] = []
     vars: dict[str, BindingValue] = {}
     limits: Limits = Limits()
+    egress: Egress = Egress()
+    retry: RetryPolicy = RetryPolicy()
 
 
 @dataclass

@@ -39,6 +39,7 @@ from dispatcher.errors import (
     WorkerTimeout,
 )
 from dispatcher.launcher import Launcher, WorkerProcess
+from dispatcher.outbound import NO_OUTBOUND, OutboundGateway
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.tenant_log import TenantLog, redact
@@ -83,6 +84,12 @@ class Worker:
         self.startup_ms = 0.0
         self.layers: list[str] = []
         self.boot_log = ""
+        # Outbound calls: which request ids are in flight here, the calls
+        # under way, and who makes them.
+        self.request_ids: dict[int, str] = {}
+        self.subrequests: dict[str, int] = {}
+        self.outbound_tasks: set[asyncio.Task[None]] = set()
+        self.outbound_gateway: OutboundGateway = NO_OUTBOUND
         # Pool bookkeeping: load, age and size of this worker.
         self.served = 0
         self.last_used = time.monotonic()
@@ -271,6 +278,9 @@ class Worker:
             return
         if isinstance(frame, frames.Ready):
             raise ProtocolError("the worker sent a second ready frame")
+        if isinstance(frame, frames.Outbound):
+            self.start_outbound(frame)
+            return
 
         future = self.pending.pop(frame.id, None)
         if future is None or future.done():
@@ -292,11 +302,49 @@ class Worker:
             raise ProtocolError(f"the worker sent a response HTTP forbids: {problem}")
         future.set_result(frame)
 
+    def start_outbound(self, frame: frames.Outbound) -> None:
+        """Hand a call of tenant code to the gateway; answer when it is done.
+
+        Only calls on behalf of a request in flight on this very worker are
+        taken: the request id in a frame is the tenant's word, checked here.
+        """
+        problem = self.outbound_problem(frame.request_id)
+        if problem is not None:
+            result = frames.OutboundResult(
+                frame.id, error="budget_exceeded", message=problem
+            )
+            self.write_outbound_result(result)
+            return
+        task = asyncio.create_task(self.run_outbound(frame))
+        self.outbound_tasks.add(task)
+        task.add_done_callback(self.outbound_tasks.discard)
+
+    def outbound_problem(self, request_id: str) -> str | None:
+        """Why a call for ``request_id`` is refused, or None; counts it."""
+        if request_id not in self.request_ids.values():
+            return "the request this call belongs to is not in flight"
+        made = self.subrequests.get(request_id, 0) + 1
+        self.subrequests[request_id] = made
+        budget = self.tenant.config.egress.max_subrequests
+        if made > budget:
+            return f"more than {budget} outbound calls for one request"
+        return None
+
+    async def run_outbound(self, frame: frames.Outbound) -> None:
+        result = await self.outbound_gateway.handle(self.tenant, frame)
+        self.write_outbound_result(result)
+
+    def write_outbound_result(self, result: frames.OutboundResult) -> None:
+        if self.alive:
+            with contextlib.suppress(WorkerCrashed):
+                self.write(result)
+
     async def call(self, request: frames.Request) -> frames.Response:
         """Send one request and wait for its answer, within the time limit."""
         if not self.alive:
             raise WorkerCrashed("the worker exited")
         request.id = next(self.ids)
+        self.request_ids[request.id] = request.request_id
         loop = asyncio.get_running_loop()
         future: asyncio.Future[frames.Response] = loop.create_future()
         self.pending[request.id] = future
@@ -317,6 +365,9 @@ class Worker:
             raise WorkerTimeout(
                 f"the tenant's script did not answer within {timeout_s:g} s"
             ) from None
+        finally:
+            self.request_ids.pop(request.id, None)
+            self.subrequests.pop(request.request_id, None)
 
     def write(self, frame: object) -> None:
         """Queue a frame to the worker; the transport never blocks the loop."""

@@ -5,8 +5,9 @@ that decodes to exactly one of the Structs below (a tagged union: the tag
 field ``t`` names the type). One encoder and one decoder serve each pipe.
 
 Host to worker: ``Boot`` (once, first), ``Request``, ``Cancel``,
-``Shutdown``, ``Ping``. Worker to host: ``Ready`` (once, first, carries the
-protocol version), ``Response``, ``Failure``, ``Log``, ``Pong``.
+``Shutdown``, ``Ping``, ``OutboundResult``. Worker to host: ``Ready`` (once,
+first, carries the protocol version), ``Response``, ``Failure``, ``Log``,
+``Pong``, ``Outbound``.
 
 Requests are multiplexed: every ``Request`` carries an id chosen by the host,
 and the worker answers with a ``Response`` or ``Failure`` of the same id, in
@@ -88,6 +89,23 @@ class Pong(msgspec.Struct, tag="pong", tag_field="t"):
     seq: int
 
 
+class OutboundResult(msgspec.Struct, tag="outbound_result", tag_field="t"):
+    """The host's answer to an ``Outbound`` frame of the same ``id``.
+
+    ``error`` is empty on success, else a code (``egress_denied``,
+    ``budget_exceeded``, ``upstream_error``...) with ``message`` saying why.
+    For a delivery, ``delivery_id`` names the record that was stored.
+    """
+
+    id: int
+    status: int = 0
+    headers: HeaderPairs = []
+    body: bytes = b""
+    error: str = ""
+    message: str = ""
+    delivery_id: str = ""
+
+
 class Ready(msgspec.Struct, tag="ready", tag_field="t"):
     """The script loaded; the worker takes requests from now on."""
 
@@ -119,6 +137,26 @@ class Failure(msgspec.Struct, tag="failure", tag_field="t"):
     message: str
 
 
+class Outbound(msgspec.Struct, tag="outbound", tag_field="t"):
+    """Tenant code asks the host to make an HTTP call on its behalf.
+
+    ``kind`` is ``fetch`` (made now, answered with the response) or
+    ``deliver`` (stored durably and retried; answered once stored).
+    ``request_id`` names the inbound request it belongs to: the host
+    refuses calls for requests not in flight on this worker.
+    """
+
+    id: int
+    request_id: str
+    kind: str
+    method: str
+    url: str
+    headers: HeaderPairs
+    body: bytes
+    timeout_s: float
+    idempotency_key: str = ""
+
+
 class Log(msgspec.Struct, tag="log", tag_field="t"):
     """A line for the tenant's log that came from the runner itself."""
 
@@ -126,8 +164,8 @@ class Log(msgspec.Struct, tag="log", tag_field="t"):
     message: str
 
 
-ToWorker = Boot | Request | Cancel | Shutdown | Ping
-ToHost = Ready | Response | Failure | Log | Pong
+ToWorker = Boot | Request | Cancel | Shutdown | Ping | OutboundResult
+ToHost = Ready | Response | Failure | Log | Pong | Outbound
 
 
 class FrameTooLarge(ValueError):

@@ -201,10 +201,85 @@ class Env:
 
 
 class Context:
-    """Per-request facts and services that are not part of the request."""
+    """Per-request facts and services that are not part of the request.
 
-    __slots__ = ("request_id", "tenant")
+    ``await ctx.fetch(url, ...)`` makes an HTTP call through the host and
+    returns its response; ``await ctx.deliver(url, ...)`` hands the host a
+    call that must eventually succeed: it is stored durably, attempted at
+    once and retried by the tenant's retry policy, and this returns as soon
+    as it is stored. Both raise ``PermissionError`` when the tenant's egress
+    policy refuses the destination.
+    """
 
-    def __init__(self, tenant: str, request_id: str) -> None:
+    __slots__ = ("_outbound", "request_id", "tenant")
+
+    def __init__(self, tenant: str, request_id: str, outbound: Any = None) -> None:
         self.tenant = tenant
         self.request_id = request_id
+        self._outbound = outbound
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        body: bytes | str | None = None,
+        json: Any = None,
+        timeout: float = 10.0,
+    ) -> Any:
+        """Call ``url`` now and return its response (a ``FetchResponse``)."""
+        from sandbox_runner import outbound
+
+        result = await self._send("fetch", method, url, headers, body, json, timeout)
+        response_headers = Headers(result.headers)
+        return outbound.FetchResponse(result.status, response_headers, result.body)
+
+    async def deliver(
+        self,
+        url: str,
+        *,
+        method: str = "POST",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        body: bytes | str | None = None,
+        json: Any = None,
+        idempotency_key: str = "",
+    ) -> Any:
+        """Store a call to be made until it succeeds; returns a ``Delivery``."""
+        from sandbox_runner import outbound
+
+        result = await self._send(
+            "deliver", method, url, headers, body, json, 30.0, idempotency_key
+        )
+        return outbound.Delivery(result.delivery_id)
+
+    async def _send(
+        self,
+        kind: str,
+        method: str,
+        url: str,
+        headers: Any,
+        body: bytes | str | None,
+        json: Any,
+        timeout: float,
+        idempotency_key: str = "",
+    ) -> Any:
+        from sandbox_runner import frames, outbound
+
+        if self._outbound is None:
+            raise RuntimeError("outbound calls are only possible inside fetch")
+        payload, implied = outbound.request_body(body, json)
+        frame = frames.Outbound(
+            id=0,
+            request_id=self.request_id,
+            kind=kind,
+            method=method.upper(),
+            url=url,
+            headers=implied + outbound.header_pairs(headers),
+            body=payload,
+            timeout_s=float(timeout),
+            idempotency_key=idempotency_key,
+        )
+        result = await self._outbound.call(frame)
+        outbound.raise_for_refusal(result)
+        return result

@@ -31,6 +31,7 @@ from sandbox_runner.confine import (
     confine,
     take_frame_channel,
 )
+from sandbox_runner.outbound import OutboundChannel
 from sandbox_runner.responses import InvalidResponse, as_response, checked_parts
 
 Fetch = Callable[[runtime.Request, runtime.Env, runtime.Context], Awaitable[Any]]
@@ -131,6 +132,7 @@ class Runner:
         self.fetch = fetch
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.refusals = refusals
+        self.outbound = OutboundChannel(self.send)
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = frames.worker_decoder()
 
@@ -172,6 +174,8 @@ class Runner:
                 self.cancel(frame.id)
             elif isinstance(frame, frames.Ping):
                 self.send(frames.Pong(frame.seq))
+            elif isinstance(frame, frames.OutboundResult):
+                self.outbound.settle(frame)
             elif isinstance(frame, frames.Shutdown):
                 await self.drain()
                 return
@@ -197,7 +201,7 @@ class Runner:
             request = runtime.Request(
                 frame.method, frame.url, frame.headers, frame.body
             )
-            ctx = runtime.Context(self.tenant, frame.request_id)
+            ctx = runtime.Context(self.tenant, frame.request_id, self.outbound)
             result = await self.fetch(request, self.env, ctx)
             answer: object = self.to_response_frame(frame.id, result)
         except asyncio.CancelledError:

@@ -1,0 +1,379 @@
+"""Durable deliveries: outbound calls kept until they succeed, or give up.
+
+``ctx.deliver`` stores a delivery here before it answers the tenant, so a
+delivery survives a crash of the dispatcher (at least once). The delivery
+loop then attempts it at once and afterwards by the tenant's retry policy:
+exponential backoff with full jitter, ``Retry-After`` honoured for 429 and
+503, statuses that retrying cannot fix (400, 401, 403, 404, 422) ending it
+at once. Every attempt carries the same ``Idempotency-Key`` and a
+``Switchyard-Attempt`` number, with the same bytes. A delivery out of
+attempts or past its age moves to the dead letters, which the management
+API lists, replays and discards.
+
+Several dispatchers may share one database: a delivery is *claimed* with a
+lease before it is attempted, and only the holder of an unexpired lease
+may record its outcome, so two processes never attempt it at once. A
+lease left by a process that died runs out and the delivery is claimed
+again.
+
+Times in the database are wall-clock seconds: they must survive a restart.
+A due time further ahead than any policy can schedule (a clock that jumped
+back) counts as due, so nothing freezes; a clock that jumps ahead makes
+the deliveries already scheduled due early, once each - every next attempt
+is scheduled from the time the last one ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from dispatcher.tenants import RetryPolicy, Tenant
+from sandbox_runner import frames
+
+log = logging.getLogger("dispatcher.deliveries")
+
+FINAL_STATUSES = frozenset({400, 401, 403, 404, 422})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+LEASE_S = 60.0
+# No policy schedules further ahead than this (max_delay_s is capped at a
+# day): a due time beyond it means the clock jumped back, and it is due now.
+MAX_SCHEDULE_AHEAD_S = 86_400.0 + LEASE_S
+CLAIM_BATCH = 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    method TEXT NOT NULL,
+    url TEXT NOT NULL,
+    headers BLOB NOT NULL,
+    body BLOB NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    policy BLOB NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    last_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS deliveries_due
+    ON deliveries (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS deliveries_tenant
+    ON deliveries (tenant, state);
+"""
+COLUMNS = (
+    "id, tenant, method, url, headers, body, idempotency_key, policy, state, "
+    "attempts, created_at, next_attempt_at, last_status, last_error"
+)
+
+_pairs = msgspec.msgpack.Decoder(list[tuple[str, str]])
+_policy = msgspec.msgpack.Decoder(RetryPolicy)
+_encode = msgspec.msgpack.Encoder()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stored delivery, as the loop and the API see it."""
+
+    id: str
+    tenant: str
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    idempotency_key: str
+    policy: RetryPolicy
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+    last_status: int | None
+    last_error: str | None
+
+    def summary(self) -> dict[str, Any]:
+        """The delivery for the management API: no body, no headers."""
+        return {
+            "id": self.id,
+            "tenant": self.tenant,
+            "method": self.method,
+            "url": self.url,
+            "state": self.state,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+            "next_attempt_at": self.next_attempt_at,
+            "last_status": self.last_status,
+            "last_error": self.last_error,
+        }
+
+
+def delivery_from_row(row: tuple[Any, ...]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        tenant=row[1],
+        method=row[2],
+        url=row[3],
+        headers=_pairs.decode(row[4]),
+        body=row[5],
+        idempotency_key=row[6],
+        policy=_policy.decode(row[7]),
+        state=row[8],
+        attempts=row[9],
+        created_at=row[10],
+        next_attempt_at=row[11],
+        last_status=row[12],
+        last_error=row[13],
+    )
+
+
+class DeliveryStore:
+    """Deliveries in one SQLite file (WAL), claimed with leases."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.Lock()
+        self.owner = secrets.token_hex(8)
+
+    def add(self, tenant: Tenant, frame: frames.Outbound) -> str:
+        """Store a delivery, due now; returns its id."""
+        delivery_id = "dlv_" + secrets.token_hex(10)
+        key = frame.idempotency_key or delivery_id
+        now = time.time()
+        row = (
+            delivery_id, tenant.id, frame.method, frame.url,
+            _encode.encode(frame.headers), frame.body, key,
+            _encode.encode(tenant.config.retry), "pending", 0, now, now,
+        )  # fmt: skip
+        with self.lock:
+            self.db.execute(
+                "INSERT INTO deliveries (id, tenant, method, url, headers, body, "
+                "idempotency_key, policy, state, attempts, created_at, "
+                "next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+        return delivery_id
+
+    def claim_due(self, now: float) -> list[Delivery]:
+        """Lease the deliveries due now that nobody else holds."""
+        with self.lock:
+            rows = self.db.execute(
+                "UPDATE deliveries SET lease_owner = ?, lease_until = ? "
+                "WHERE id IN (SELECT id FROM deliveries WHERE state = 'pending' "
+                "AND (next_attempt_at <= ? OR next_attempt_at > ?) "
+                "AND (lease_until IS NULL OR lease_until < ?) "
+                f"ORDER BY next_attempt_at LIMIT ?) RETURNING {COLUMNS}",
+                (
+                    self.owner,
+                    now + LEASE_S,
+                    now,
+                    now + MAX_SCHEDULE_AHEAD_S,
+                    now,
+                    CLAIM_BATCH,
+                ),
+            ).fetchall()
+        return [delivery_from_row(row) for row in rows]
+
+    def record(
+        self,
+        delivery: Delivery,
+        state: str,
+        next_attempt_at: float,
+        status: int | None,
+        error: str | None,
+    ) -> None:
+        """Record an attempt's outcome; only the lease holder may."""
+        with self.lock:
+            self.db.execute(
+                "UPDATE deliveries SET state = ?, attempts = attempts + 1, "
+                "next_attempt_at = ?, last_status = ?, last_error = ?, "
+                "lease_owner = NULL, lease_until = NULL "
+                "WHERE id = ? AND lease_owner = ?",
+                (state, next_attempt_at, status, error, delivery.id, self.owner),
+            )
+
+    def list(
+        self, tenant: str | None, state: str | None, limit: int = 100
+    ) -> list[Delivery]:
+        query = f"SELECT {COLUMNS} FROM deliveries WHERE 1=1"
+        params: list[Any] = []
+        if tenant:
+            query += " AND tenant = ?"
+            params.append(tenant)
+        if state:
+            query += " AND state = ?"
+            params.append(state)
+        query += " ORDER BY created_at DESC LIMIT ?"
+        params.append(limit)
+        with self.lock:
+            rows = self.db.execute(query, params).fetchall()
+        return [delivery_from_row(row) for row in rows]
+
+    def get(self, delivery_id: str) -> Delivery | None:
+        with self.lock:
+            row = self.db.execute(
+                f"SELECT {COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
+            ).fetchone()
+        return delivery_from_row(row) if row else None
+
+    def replay(self, tenant: str, delivery_id: str | None) -> int:
+        """Make dead deliveries pending again, with fresh attempts; how many."""
+        query = (
+            "UPDATE deliveries SET state = 'pending', attempts = 0, "
+            "created_at = ?, next_attempt_at = ? WHERE tenant = ? AND state = 'dead'"
+        )
+        now = time.time()
+        params: list[Any] = [now, now, tenant]
+        if delivery_id:
+            query += " AND id = ?"
+            params.append(delivery_id)
+        with self.lock:
+            return self.db.execute(query, params).rowcount
+
+    def discard(self, tenant: str, delivery_id: str) -> bool:
+        with self.lock:
+            cursor = self.db.execute(
+                "DELETE FROM deliveries WHERE tenant = ? AND id = ? AND state = 'dead'",
+                (tenant, delivery_id),
+            )
+        return cursor.rowcount > 0
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class AsyncDeliverySink:
+    """The store, as the outbound gateway sees it (off the event loop)."""
+
+    def __init__(self, store: DeliveryStore, wake: asyncio.Event) -> None:
+        self.store = store
+        self.wake = wake
+
+    async def add(self, tenant: Tenant, frame: frames.Outbound) -> str:
+        delivery_id = await asyncio.to_thread(self.store.add, tenant, frame)
+        self.wake.set()  # attempt it at once
+        return delivery_id
+
+
+class DeliveryLoop:
+    """Attempts due deliveries, concurrently, until cancelled."""
+
+    def __init__(
+        self,
+        store: DeliveryStore,
+        wake: asyncio.Event,
+        time_scale: float = 1.0,
+        poll_s: float = 0.5,
+    ) -> None:
+        self.store = store
+        self.wake = wake
+        self.client = httpx.AsyncClient(follow_redirects=False, timeout=30)
+        # Below 1, every delay shrinks by that factor: tests compress hours
+        # of backoff into seconds through configuration, not by waiting.
+        self.time_scale = time_scale
+        self.poll_s = poll_s
+
+    async def run(self) -> None:
+        while True:
+            due = await asyncio.to_thread(self.store.claim_due, time.time())
+            if due:
+                await asyncio.gather(*(self.attempt(d) for d in due))
+                continue
+            self.wake.clear()
+            try:
+                async with asyncio.timeout(self.poll_s):
+                    await self.wake.wait()
+            except TimeoutError:
+                pass
+
+    async def attempt(self, delivery: Delivery) -> None:
+        """One attempt, and what follows from its outcome."""
+        number = delivery.attempts + 1
+        headers = [
+            *delivery.headers,
+            ("idempotency-key", delivery.idempotency_key),
+            ("switchyard-attempt", str(number)),
+        ]
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            response = await self.client.request(
+                delivery.method, delivery.url, headers=headers, content=delivery.body
+            )
+            status = response.status_code
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            error = None if status < 300 else f"upstream answered {status}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:300]
+
+        state, next_at = self.outcome(delivery, number, status, retry_after)
+        await asyncio.to_thread(
+            self.store.record, delivery, state, next_at, status, error
+        )
+        log.info(
+            "delivery %s of tenant %s: attempt %d -> %s (%s)",
+            delivery.id,
+            delivery.tenant,
+            number,
+            state,
+            status if status is not None else error,
+        )
+
+    def outcome(
+        self,
+        delivery: Delivery,
+        number: int,
+        status: int | None,
+        retry_after: float | None,
+    ) -> tuple[str, float]:
+        """The state after attempt ``number`` and when to try next."""
+        now = time.time()
+        if status is not None and status < 300:
+            return "succeeded", now
+        if status in FINAL_STATUSES:
+            return "dead", now
+        policy = delivery.policy
+        age = (now - delivery.created_at) / self.time_scale
+        if number >= policy.max_attempts or age >= policy.max_age_s:
+            return "dead", now
+        delay = backoff_delay(policy, number)
+        if status in RETRY_AFTER_STATUSES and retry_after is not None:
+            delay = max(delay, retry_after / self.time_scale)
+        return "pending", now + delay * self.time_scale
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Full jitter: uniform in [0, min(max, base * 2^(attempt-1))]."""
+    ceiling = min(policy.max_delay_s, policy.base_delay_s * 2 ** (attempt - 1))
+    return random.uniform(0, ceiling)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form only)."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None

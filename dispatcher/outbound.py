@@ -1,0 +1,177 @@
+"""Outbound calls of tenant code, made by the host under the tenant's policy.
+
+Tenant code has no network: it sends ``Outbound`` frames, and the worker's
+host hands them here. ``EgressGateway`` checks each call against the
+tenant's egress allowlist (hosts, ``http``/``https`` only, deny by default)
+and refuses private, loopback and link-local addresses - cloud metadata
+among them - unless the operator allowed a network explicitly. Then a
+``fetch`` is made at once with httpx (no redirects followed: a redirect
+could lead anywhere, so tenant code follows it itself, checked again), and
+a ``deliver`` is stored for the delivery loop to attempt and retry.
+
+XXX: the name is resolved to check its addresses, then httpx resolves it
+again to connect; a name whose answer changes in between (DNS rebinding)
+could slip past the private-address check. Connecting to the checked
+address, with the name only for TLS and Host, would close that gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import logging
+import socket
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import httpx
+
+from dispatcher.tenants import Tenant
+from sandbox_runner import frames
+
+log = logging.getLogger("dispatcher.outbound")
+
+MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+MAX_TIMEOUT_S = 60.0
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class OutboundGateway(Protocol):
+    """Makes or stores the outbound calls of tenant code."""
+
+    async def handle(
+        self, tenant: Tenant, frame: frames.Outbound
+    ) -> frames.OutboundResult: ...
+
+
+class NoOutbound:
+    """The gateway of a host that allows no outbound calls at all."""
+
+    async def handle(
+        self, tenant: Tenant, frame: frames.Outbound
+    ) -> frames.OutboundResult:
+        return refused(frame, "egress_denied", "outbound calls are disabled")
+
+
+NO_OUTBOUND = NoOutbound()
+
+
+class EgressDenied(Exception):
+    """A destination the tenant's policy does not allow; says which rule."""
+
+
+def refused(frame: frames.Outbound, code: str, message: str) -> frames.OutboundResult:
+    return frames.OutboundResult(frame.id, error=code, message=message)
+
+
+class EgressPolicy:
+    """Where tenants may call: their allowlist, and the operator's networks."""
+
+    def __init__(self, private_networks: list[Network]) -> None:
+        self.private_networks = private_networks
+
+    async def check(self, tenant: Tenant, url: str) -> None:
+        """Raise EgressDenied unless ``url`` is a destination allowed now."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise EgressDenied(f"scheme {parts.scheme!r} is not http or https")
+        host = parts.hostname
+        if not host:
+            raise EgressDenied("the URL names no host")
+        if not host_allowed(host, tenant.config.egress.allow):
+            raise EgressDenied(f"host {host!r} is not in the tenant's egress allowlist")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        for address in await resolve(host, port):
+            self.check_address(host, address)
+
+    def check_address(self, host: str, address: str) -> None:
+        ip = ipaddress.ip_address(address)
+        if ip.is_global:
+            return
+        if any(ip in network for network in self.private_networks):
+            return
+        raise EgressDenied(f"host {host!r} resolves to the non-public address {ip}")
+
+
+def host_allowed(host: str, allow: list[str]) -> bool:
+    """``host`` matches an entry: exact, or ``*.example.com`` for subdomains."""
+    host = host.lower().rstrip(".")
+    return any(fnmatch.fnmatchcase(host, pattern.lower()) for pattern in allow)
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise EgressDenied(f"host {host!r} does not resolve ({exc.strerror})") from None
+    return sorted({str(info[4][0]) for info in infos})
+
+
+class EgressGateway:
+    """Fetches and stores deliveries for tenant code; see the module note."""
+
+    def __init__(self, policy: EgressPolicy, deliveries: DeliverySink) -> None:
+        self.policy = policy
+        self.deliveries = deliveries
+        self.client = httpx.AsyncClient(
+            follow_redirects=False, limits=httpx.Limits(max_connections=200)
+        )
+
+    async def handle(
+        self, tenant: Tenant, frame: frames.Outbound
+    ) -> frames.OutboundResult:
+        try:
+            await self.policy.check(tenant, frame.url)
+        except EgressDenied as exc:
+            log.info("tenant %s: outbound call refused: %s", tenant.id, exc)
+            return refused(frame, "egress_denied", str(exc))
+
+        if frame.kind == "deliver":
+            delivery_id = await self.deliveries.add(tenant, frame)
+            return frames.OutboundResult(frame.id, delivery_id=delivery_id)
+        return await self.fetch(tenant, frame)
+
+    async def fetch(
+        self, tenant: Tenant, frame: frames.Outbound
+    ) -> frames.OutboundResult:
+        timeout = min(max(frame.timeout_s, 0.1), MAX_TIMEOUT_S)
+        request = self.client.build_request(
+            frame.method, frame.url, headers=frame.headers, content=frame.body
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+            async with asyncio.timeout(timeout):
+                body = await read_capped(response)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.info("tenant %s: fetch of %s failed: %s", tenant.id, frame.url, exc)
+            return refused(frame, "upstream_error", type(exc).__name__)
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
+        ]
+        return frames.OutboundResult(frame.id, response.status_code, headers, body)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+async def read_capped(response: httpx.Response) -> bytes:
+    """The response body, refused past MAX_RESPONSE_BYTES."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_raw():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise httpx.DecodingError("response body over the size limit")
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    return b"".join(chunks)
+
+
+class DeliverySink(Protocol):
+    """Stores a delivery durably and returns its id."""
+
+    async def add(self, tenant: Tenant, frame: frames.Outbound) -> str: ...
