@@ -172,7 +172,15 @@ class DeliveryStore:
             )
         return delivery_id
 
-    def claim_due(self, now: float) -> list[Delivery]:
+    def next_due(self) -> float | None:
+        """When the earliest pending delivery is due, if there is one."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries WHERE state = 'pending'"
+            ).fetchone()
+        return row[0] if row else None
+
+    def claim_due(self, now: float, lease_s: float = LEASE_S) -> list[Delivery]:
         """Lease the deliveries due now that nobody else holds."""
         with self.lock:
             rows = self.db.execute(
@@ -183,7 +191,7 @@ class DeliveryStore:
                 f"ORDER BY next_attempt_at LIMIT ?) RETURNING {COLUMNS}",
                 (
                     self.owner,
-                    now + LEASE_S,
+                    now + lease_s,
                     now,
                     now + MAX_SCHEDULE_AHEAD_S,
                     now,
@@ -290,19 +298,31 @@ class DeliveryLoop:
         # of backoff into seconds through configuration, not by waiting.
         self.time_scale = time_scale
         self.poll_s = poll_s
+        # A lease must outlast an attempt (30 s at most); compressed time
+        # shortens it too, so that a test's restart need not wait a minute.
+        self.lease_s = LEASE_S if time_scale >= 1 else max(2.0, LEASE_S * time_scale)
 
     async def run(self) -> None:
         while True:
-            due = await asyncio.to_thread(self.store.claim_due, time.time())
+            now = time.time()
+            due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
             if due:
                 await asyncio.gather(*(self.attempt(d) for d in due))
                 continue
             self.wake.clear()
-            try:
-                async with asyncio.timeout(self.poll_s):
-                    await self.wake.wait()
-            except TimeoutError:
-                pass
+            await self.sleep_until_due()
+
+    async def sleep_until_due(self) -> None:
+        """Until the next delivery is due, one is added, or the poll ends."""
+        next_due = await asyncio.to_thread(self.store.next_due)
+        wait_s = self.poll_s
+        if next_due is not None:
+            wait_s = min(wait_s, max(0.0, next_due - time.time()))
+        try:
+            async with asyncio.timeout(wait_s):
+                await self.wake.wait()
+        except TimeoutError:
+            pass
 
     async def attempt(self, delivery: Delivery) -> None:
         """One attempt, and what follows from its outcome."""

@@ -1,0 +1,281 @@
+"""Outbound calls and durable deliveries, against fake upstreams on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, DispatcherProcess
+from tests.upstream import FakeUpstream
+
+TOKEN = "delivery-admin-token-0123456789"
+DELIVERER = {"x-customer-id": "deliverer"}
+# Backoff runs a hundred times faster: seconds of policy, tens of ms here.
+TIME_SCALE = "0.01"
+API = "/accounts/local/workers/dispatch/namespaces/default/scripts/deliverer"
+
+
+def start(base: Path) -> DispatcherProcess:
+    tenants = base / "tenants"
+    if not tenants.exists():
+        source = ROOT / "tests" / "tenants" / "deliverer"
+        shutil.copytree(source, tenants / "deliverer")
+        # The same code with a patient policy: it outlasts a long outage.
+        shutil.copytree(source, tenants / "patient")
+        toml = (source / "tenant.toml").read_text()
+        patient = toml.replace("max_attempts = 3", "max_attempts = 1000")
+        (tenants / "patient" / "tenant.toml").write_text(patient)
+    return DispatcherProcess(
+        tenants,
+        base / "state",
+        base / f"log-{time.monotonic_ns()}",
+        extra_args=[
+            "--allow-private-egress", "127.0.0.0/8",
+            "--delivery-time-scale", TIME_SCALE,
+        ],
+        extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("deliveries")
+
+
+@pytest.fixture(scope="module")
+def delivering(base_dir: Path) -> Iterator[DispatcherProcess]:
+    process = start(base_dir)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    server = FakeUpstream()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+async def http(delivering: DispatcherProcess) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=delivering.url, headers=DELIVERER, timeout=20
+    ) as client:
+        yield client
+
+
+async def deliver(http: httpx.AsyncClient, target: str, body: bytes) -> str:
+    response = await http.post("/deliver", params={"to": target}, content=body)
+    assert response.status_code == 200, response.text
+    delivery_id: str = response.json()["delivery"]
+    return delivery_id
+
+
+async def state_of(
+    dispatcher: DispatcherProcess, delivery_id: str
+) -> dict[str, object]:
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=dispatcher.admin_url or "") as admin:
+        response = await admin.get(f"{API}/deliveries/{delivery_id}", headers=headers)
+    result: dict[str, object] = response.json()
+    return result
+
+
+async def wait_for_state(
+    dispatcher: DispatcherProcess, delivery_id: str, wanted: str, within_s: float = 10
+) -> dict[str, object]:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        state = await state_of(dispatcher, delivery_id)
+        if state.get("state") == wanted:
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{delivery_id} is {state}, not {wanted}")
+
+
+async def test_delivery_retries_until_it_succeeds_with_the_same_key_and_body(
+    http: httpx.AsyncClient, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """500, 500, 200: three attempts, one key, byte-identical bodies."""
+    upstream.answer(500, 500, 200)
+
+    delivery = await deliver(http, f"{upstream.url}/pages", b'{"title": "hello"}')
+    await wait_for_state(delivering, delivery, "succeeded")
+
+    attempts = upstream.requests_to("/pages")
+    assert [a.answered for a in attempts] == [500, 500, 200]
+    assert len({a.headers["idempotency-key"] for a in attempts}) == 1
+    assert len({a.body_sha256 for a in attempts}) == 1
+    assert [a.headers["switchyard-attempt"] for a in attempts] == ["1", "2", "3"]
+
+
+async def test_out_of_attempts_is_dead_lettered_and_replay_delivers_once(
+    http: httpx.AsyncClient, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """Always 503 with max_attempts=3: 3 attempts, a dead letter; replay works."""
+    upstream.default_status = 503
+
+    delivery = await deliver(http, f"{upstream.url}/down", b"payload")
+    dead = await wait_for_state(delivering, delivery, "dead")
+    assert dead["attempts"] == 3
+    assert len(upstream.requests_to("/down")) == 3
+
+    upstream.default_status = 200
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        replay = await admin.post(
+            f"{API}/deliveries/{delivery}/replay", headers=headers
+        )
+    assert replay.json() == {"replayed": 1}
+    await wait_for_state(delivering, delivery, "succeeded")
+    assert [a.answered for a in upstream.requests_to("/down")] == [503] * 3 + [200]
+
+
+async def test_closed_port_is_retried_then_dead_lettered(
+    http: httpx.AsyncClient, delivering: DispatcherProcess
+) -> None:
+    """Nobody listening: three attempts, then a dead letter naming the error."""
+    closed = FakeUpstream()
+    url = f"{closed.url}/nobody"
+    closed.close()
+
+    delivery = await deliver(http, url, b"x")
+    dead = await wait_for_state(delivering, delivery, "dead")
+
+    assert dead["attempts"] == 3
+    assert "ConnectError" in str(dead["last_error"])
+
+
+async def test_forbidden_is_final_after_one_attempt(
+    http: httpx.AsyncClient, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """403 cannot be fixed by retrying: one attempt, dead, with the reason."""
+    upstream.answer(403)
+
+    delivery = await deliver(http, f"{upstream.url}/forbidden", b"x")
+    dead = await wait_for_state(delivering, delivery, "dead")
+
+    assert len(upstream.requests_to("/forbidden")) == 1
+    assert dead["last_status"] == 403
+    assert "403" in str(dead["last_error"])
+
+
+async def test_retry_after_is_honoured(
+    http: httpx.AsyncClient, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """429 with Retry-After: 2 - the next attempt waits two real seconds."""
+    upstream.answer(429, headers={"retry-after": "2"})
+    upstream.answer(200)
+
+    delivery = await deliver(http, f"{upstream.url}/limited", b"x")
+    await wait_for_state(delivering, delivery, "succeeded")
+
+    first, second = upstream.requests_to("/limited")
+    assert second.at - first.at >= 2.0
+
+
+async def test_backoff_follows_the_policy(
+    http: httpx.AsyncClient, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """Gaps between attempts stay under base * 2^n (time compressed 100x)."""
+    upstream.default_status = 500
+
+    delivery = await deliver(http, f"{upstream.url}/backoff", b"x")
+    await wait_for_state(delivering, delivery, "dead")
+
+    times = [a.at for a in upstream.requests_to("/backoff")]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    ceilings = [1.0 * 2**n * float(TIME_SCALE) for n in range(len(gaps))]
+    slack = 0.25
+    assert all(
+        gap <= ceiling + slack for gap, ceiling in zip(gaps, ceilings, strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [
+        ("http://192.0.2.10/x", "not in the tenant's egress allowlist"),
+        ("http://169.254.169.254/latest/meta-data", "non-public address"),
+        ("http://10.1.2.3/x", "non-public address"),
+        ("ftp://127.0.0.1/x", "is not http or https"),
+    ],
+)
+async def test_egress_outside_the_policy_raises_in_tenant_code(
+    http: httpx.AsyncClient, target: str, reason: str
+) -> None:
+    """Hosts off the allowlist and private addresses never reach the network."""
+    response = await http.post("/fetch", params={"to": target})
+
+    assert response.status_code == 200
+    assert reason in response.json()["refused"]
+
+
+async def test_fetch_reaches_an_allowed_upstream(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """An allowed destination answers through ctx.fetch."""
+    response = await http.post("/fetch", params={"to": f"{upstream.url}/echo"})
+
+    assert response.json() == {"status": 200, "body": {"ok": True}}
+    assert upstream.requests_to("/echo")[0].body == b"ping"
+
+
+async def test_subrequest_budget_is_enforced(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """Past max_subrequests, calls raise and never reach the upstream."""
+    response = await http.post(
+        "/fetch-many", params={"to": f"{upstream.url}/many", "n": "5"}
+    )
+
+    results = response.json()["results"]
+    assert results[:3] == ["ok", "ok", "ok"]
+    assert all("budget_exceeded" in r for r in results[3:])
+    assert len(upstream.requests_to("/many")) == 3
+
+
+async def test_pending_deliveries_survive_kill_9_and_arrive_once(
+    base_dir: Path, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """100 deliveries, upstream down, kill -9, restart, upstream up: each once."""
+    upstream.default_status = 503
+    patient = {"x-customer-id": "patient"}
+    async with httpx.AsyncClient(
+        base_url=delivering.url, headers=patient, timeout=20
+    ) as http:
+        ids = [
+            await deliver(http, f"{upstream.url}/durable", b"%d" % i)
+            for i in range(100)
+        ]
+    delivering.process.send_signal(signal.SIGKILL)
+    delivering.process.wait(timeout=10)
+
+    upstream.default_status = 200
+    restarted = start(base_dir)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            delivered = [
+                r for r in upstream.requests_to("/durable") if r.answered == 200
+            ]
+            if len(delivered) >= 100:
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+    finally:
+        restarted.stop()
+
+    delivered = [r for r in upstream.requests_to("/durable") if r.answered == 200]
+    keys = [r.headers["idempotency-key"] for r in delivered]
+    assert len(ids) == 100
+    assert sorted(keys) == sorted(set(keys))
+    assert len(keys) == 100
