@@ -24,6 +24,7 @@ import uvicorn
 
 from dispatcher.app import Dispatcher
 from dispatcher.doctor import run_doctor
+from dispatcher.eject import eject
 from dispatcher.http_protocol import SwitchyardHttpProtocol
 from dispatcher.manage import add_manage_commands
 from dispatcher.registry import RegistryError, load_secret_key
@@ -63,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--state", type=Path, default=Path("state"))
     doctor.set_defaults(handler=doctor_command)
+
+    ejecting = commands.add_parser(
+        "eject", help="write a declarative adapter out as Python to edit"
+    )
+    ejecting.add_argument("folder", type=Path, help="the tenant's folder")
+    ejecting.set_defaults(handler=eject_command)
 
     sign = commands.add_parser("sign", help="print a signed curl for a sample")
     sign.add_argument("tenant")
@@ -259,6 +266,17 @@ def doctor_command(args: argparse.Namespace) -> int:
     """Boot a trial worker and report its confinement; 1 without seccomp."""
     configure_logging("warning")
     return run_doctor(args.state)
+
+
+def eject_command(args: argparse.Namespace) -> int:
+    """Replace a folder's adapter.json by the equivalent worker.py."""
+    try:
+        script = eject(args.folder)
+    except (OSError, ValueError) as exc:
+        print(f"switchyard: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {script}; tenant.toml now runs it")
+    return 0
 
 
 def sign_command(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ from dispatcher.registry import (
     ScriptSettings,
     ScriptVersion,
 )
-from dispatcher.tenants import Limits, Tenant, TenantConfig
+from dispatcher.tenants import Limits, Tenant, TenantConfig, with_adapter_policy
+from sandbox_runner import adapters
 
 log = logging.getLogger("dispatcher.deployments")
 
@@ -231,6 +232,12 @@ def tenant_for(
         vars=dict(settings.vars),
         limits=msgspec.convert(settings.limits, Limits),
     )
+    if main_module.endswith(".json"):
+        try:
+            adapter = adapters.load_config(folder / main_module)
+        except ValueError as exc:
+            raise DeployRefused(str(exc)) from None
+        config = with_adapter_policy(config, adapter)
     tenant = Tenant(script, folder, config, version=folder.name)
     known = {name: secrets[name] for name in settings.secret_names if name in secrets}
     tenant.bindings = {**settings.vars, **known}

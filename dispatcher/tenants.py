@@ -40,6 +40,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from sandbox_runner import adapters
 from sandbox_runner.frames import BindingValue
 
 log = logging.getLogger("dispatcher.tenants")
@@ -191,10 +192,20 @@ def read_tenant_config(folder: Path) -> TenantConfig:
         raise ValueError(f"script {config.script!r} must be a file inside the folder")
     if not script.is_file():
         raise ValueError(f"script {config.script!r} does not exist")
+    if script.suffix == ".json":
+        config = with_adapter_policy(config, adapters.load_config(script))
     for name in [*config.vars, *config.secrets]:
         if not BINDING_NAME.fullmatch(name):
             raise ValueError(f"binding name {name!r} is not a valid identifier")
     return config
+
+
+def with_adapter_policy(
+    config: TenantConfig, adapter: adapters.AdapterConfig
+) -> TenantConfig:
+    """An adapter's retry policy becomes the tenant's: attempts from ``max``."""
+    retry = msgspec.structs.replace(config.retry, max_attempts=adapter.retry_policy.max)
+    return msgspec.structs.replace(config, retry=retry)
 
 
 def resolve_secrets(tenant: Tenant, state_dir: Path) -> None:

@@ -14,11 +14,14 @@ derived from it.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping
+
+from sandbox_runner.signatures import (
+    slack_signature,
+    stripe_signature,
+    teams_signature,
+)
 
 HeaderPairs = list[tuple[str, str]]
 Signer = Callable[[Mapping[str, str], bytes], HeaderPairs]
@@ -39,11 +42,9 @@ def slack_headers(
     ``timestamp`` defaults to now; pass an old one to test replay checks.
     """
     stamp = str(_now() if timestamp is None else timestamp)
-    signed = b"v0:" + stamp.encode() + b":" + body
-    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     return [
         ("X-Slack-Request-Timestamp", stamp),
-        ("X-Slack-Signature", f"v0={digest}"),
+        ("X-Slack-Signature", slack_signature(secret, stamp, body)),
     ]
 
 
@@ -53,9 +54,7 @@ def teams_headers(secret_b64: str, body: bytes) -> HeaderPairs:
     Teams hands out the shared secret base64-encoded and keys the HMAC with
     the decoded bytes, so ``secret_b64`` must be valid base64.
     """
-    key = base64.b64decode(secret_b64, validate=True)
-    digest = hmac.new(key, body, hashlib.sha256).digest()
-    return [("Authorization", "HMAC " + base64.b64encode(digest).decode())]
+    return [("Authorization", teams_signature(secret_b64, body))]
 
 
 def stripe_headers(
@@ -66,8 +65,7 @@ def stripe_headers(
     ``timestamp`` defaults to now; pass an old one to test replay checks.
     """
     stamp = str(_now() if timestamp is None else timestamp)
-    signed = stamp.encode() + b"." + body
-    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    digest = stripe_signature(secret, stamp, body)
     return [("Stripe-Signature", f"t={stamp},v1={digest}")]
 
 

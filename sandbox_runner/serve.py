@@ -20,11 +20,12 @@ import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from sandbox_runner import audit, frames, runtime
+from sandbox_runner import adapters, audit, frames, runtime
 from sandbox_runner.confine import (
     FrameChannel,
     apply_syscall_filter,
@@ -88,8 +89,16 @@ def _read_exactly(fd: int, size: int) -> bytes:
 
 
 def load_script(tenant_dir: str, script: str) -> Fetch:
-    """Import the tenant's script and return its ``fetch`` coroutine."""
+    """Import the tenant's script and return its ``fetch`` coroutine.
+
+    A ``.json`` script is a declarative adapter, run by ``adapters.py``.
+    """
     path = os.path.join(tenant_dir, script)
+    if script.endswith(".json"):
+        try:
+            return adapters.load_fetch(Path(path))
+        except (OSError, ValueError) as exc:
+            raise ScriptLoadError(str(exc)) from exc
     sys.path.insert(0, tenant_dir)
     try:
         spec = importlib.util.spec_from_file_location("tenant_script", path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import shutil
 import signal
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dispatcher.webhook_signing import slack_headers
 from tests.conftest import ROOT, DispatcherProcess
 from tests.upstream import FakeUpstream
 
@@ -243,6 +245,107 @@ async def test_subrequest_budget_is_enforced(
     assert len(upstream.requests_to("/many")) == 3
 
 
+def write_declarative_tenant(folder: Path, notion_url: str) -> None:
+    """The seed's Slack-to-Notion adapter as a tenant, aimed at a fake Notion."""
+    folder.mkdir(parents=True)
+    shutil.copy(
+        ROOT / "examples" / "adapter_slack_to_notion.json", folder / "adapter.json"
+    )
+    (folder / "secrets.demo.toml").write_text(
+        'SLACK_SIGNING_SECRET = "adapter-test-signing-secret"\n'
+        'NOTION_TOKEN = "secret_adapter_test_token"\n'
+    )
+    (folder / "tenant.toml").write_text(
+        'script = "adapter.json"\n'
+        'secrets = ["SLACK_SIGNING_SECRET", "NOTION_TOKEN"]\n'
+        "[vars]\n"
+        f'NOTION_API_URL = "{notion_url}"\n'
+        'NOTION_DATABASE_ID = "db-123"\n'
+        "[egress]\n"
+        'allow = ["127.0.0.1"]\n'
+        "[retry]\n"
+        "base_delay_s = 1.0\n"
+    )
+
+
+async def wait_until_served(http: httpx.AsyncClient, tenant: str) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        response = await http.post("/", headers={"x-customer-id": tenant}, content=b"")
+        if response.status_code != 404:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{tenant} was never served")
+
+
+async def test_declarative_slack_to_notion_delivers_the_page_once(
+    base_dir: Path, delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """The seed's adapter, fed the signed Slack sample, survives two failures."""
+    write_declarative_tenant(base_dir / "tenants" / "declarative", upstream.url)
+    upstream.answer(500, 502)
+    body = (ROOT / "examples" / "slack_message_event.json").read_bytes()
+    signed = slack_headers("adapter-test-signing-secret", body)
+
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as http:
+        await wait_until_served(http, "declarative")
+        unsigned = await http.post(
+            "/slack", headers={"x-customer-id": "declarative"}, content=body
+        )
+        accepted = await http.post(
+            "/slack",
+            headers=[("x-customer-id", "declarative"), *signed],
+            content=body,
+        )
+    assert unsigned.status_code == 401
+    assert accepted.status_code == 202
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pages = upstream.requests_to("/v1/pages")
+        if any(page.answered == 200 for page in pages):
+            break
+        await asyncio.sleep(0.05)
+    pages = upstream.requests_to("/v1/pages")
+    assert [page.answered for page in pages] == [500, 502, 200]
+    page = json.loads(pages[-1].body)
+    assert page["parent"] == {"database_id": "db-123"}
+    title = page["properties"]["title"]["title"][0]["text"]["content"]
+    assert title.startswith("Deploy of billing-service finished")
+    assert page["properties"]["created_by"]["rich_text"][0]["text"]["content"] == (
+        "U01USER0001"
+    )
+    assert pages[-1].headers["authorization"] == "Bearer secret_adapter_test_token"
+
+
+async def test_adapter_with_a_bad_mapping_path_is_refused_at_deploy(
+    delivering: DispatcherProcess,
+) -> None:
+    """A mapping source the trigger does not have is a 400 naming it."""
+    adapter = {
+        "name": "broken",
+        "trigger": "slack_webhook",
+        "target": "notion_api",
+        "mapping": {"slack.mesage": "notion.title"},
+    }
+    metadata = {"main_module": "adapter.json"}
+    files = {
+        "metadata": (None, json.dumps(metadata), "application/json"),
+        "adapter.json": ("adapter.json", json.dumps(adapter), "application/json"),
+    }
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        response = await admin.put(
+            "/accounts/local/workers/dispatch/namespaces/default/scripts/broken-adapter",
+            files=files,
+            headers=headers,
+        )
+
+    assert response.status_code == 400
+    assert "'slack.mesage'" in response.json()["error"]["message"]
+
+
+# Last: it ends the module's dispatcher with kill -9.
 async def test_pending_deliveries_survive_kill_9_and_arrive_once(
     base_dir: Path, delivering: DispatcherProcess, upstream: FakeUpstream
 ) -> None:
