@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -116,6 +117,7 @@ def build_admin_app(
     token: str,
     deliveries: DeliveryStore | None = None,
     delivery_wake: asyncio.Event | None = None,
+    circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
 ) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
     app = FastAPI(title="Switchyard management API", version="1")
@@ -127,7 +129,7 @@ def build_admin_app(
     add_script_routes(app, deployments)
     add_secret_routes(app, deployments)
     add_version_routes(app, deployments)
-    add_delivery_routes(app, deployments, deliveries, delivery_wake)
+    add_delivery_routes(app, deployments, deliveries, delivery_wake, circuit_breakers)
     return BearerAuth(app, token)
 
 
@@ -421,6 +423,7 @@ def add_delivery_routes(
     deployments: Deployments,
     store: DeliveryStore | None,
     wake: asyncio.Event | None,
+    circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
 ) -> None:
     """Deliveries and dead letters of a script: list, inspect, replay, discard."""
 
@@ -436,6 +439,12 @@ def add_delivery_routes(
         name = checked_script(namespace, script, deployments)
         found = await asyncio.to_thread(the_store().list, name, state)
         return {"deliveries": [d.summary() for d in found]}
+
+    @app.get(SCRIPT + "/deliveries/circuits", summary="Circuit breakers by host")
+    async def circuits(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        breakers = circuit_breakers(name) if circuit_breakers else []
+        return {"circuits": breakers}
 
     @app.get(SCRIPT + "/deliveries/{delivery_id}", summary="One delivery")
     async def get_delivery(

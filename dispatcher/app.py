@@ -99,9 +99,18 @@ class Dispatcher:
     def enable_admin(self, token: str, port: int) -> None:
         """Serve the management API to requests that arrive on ``port``."""
         self.admin_app = build_admin_app(
-            self.deployments, token, self.delivery_store, self.delivery_wake
+            self.deployments,
+            token,
+            self.delivery_store,
+            self.delivery_wake,
+            self.circuits_of,
         )
         self.admin_port = port
+
+    def circuits_of(self, tenant: str) -> list[dict[str, object]]:
+        """The tenant's circuit breakers, once deliveries are running."""
+        loop = getattr(self, "delivery_loop", None)
+        return loop.circuits.of_tenant(tenant, time.time()) if loop else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")

@@ -35,10 +35,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
+from dispatcher.circuits import CircuitBreakers
 from dispatcher.tenants import RetryPolicy, Tenant
 from sandbox_runner import frames
 
@@ -218,6 +220,15 @@ class DeliveryStore:
                 (state, next_attempt_at, status, error, delivery.id, self.owner),
             )
 
+    def postpone(self, delivery: Delivery, until: float) -> None:
+        """Put a claimed delivery back, untried, due at ``until``."""
+        with self.lock:
+            self.db.execute(
+                "UPDATE deliveries SET next_attempt_at = ?, lease_owner = NULL, "
+                "lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                (until, delivery.id, self.owner),
+            )
+
     def list(
         self, tenant: str | None, state: str | None, limit: int = 100
     ) -> list[Delivery]:
@@ -298,6 +309,7 @@ class DeliveryLoop:
         # of backoff into seconds through configuration, not by waiting.
         self.time_scale = time_scale
         self.poll_s = poll_s
+        self.circuits = CircuitBreakers(time_scale)
         # A lease must outlast an attempt (30 s at most); compressed time
         # shortens it too, so that a test's restart need not wait a minute.
         self.lease_s = LEASE_S if time_scale >= 1 else max(2.0, LEASE_S * time_scale)
@@ -307,7 +319,7 @@ class DeliveryLoop:
             now = time.time()
             due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
             if due:
-                await asyncio.gather(*(self.attempt(d) for d in due))
+                await asyncio.gather(*(self.attempt_unless_open(d) for d in due))
                 continue
             self.wake.clear()
             await self.sleep_until_due()
@@ -324,8 +336,18 @@ class DeliveryLoop:
         except TimeoutError:
             pass
 
-    async def attempt(self, delivery: Delivery) -> None:
-        """One attempt, and what follows from its outcome."""
+    async def attempt_unless_open(self, delivery: Delivery) -> None:
+        """Attempt a delivery, or hold it while its host's circuit is open."""
+        host = urlsplit(delivery.url).hostname or ""
+        blocked = self.circuits.blocked_until(delivery.tenant, host, time.time())
+        if blocked is not None:
+            await asyncio.to_thread(self.store.postpone, delivery, blocked)
+            return
+        succeeded = await self.attempt(delivery)
+        self.circuits.record(delivery.tenant, host, succeeded, time.time())
+
+    async def attempt(self, delivery: Delivery) -> bool:
+        """One attempt, and what follows from its outcome; True on success."""
         number = delivery.attempts + 1
         headers = [
             *delivery.headers,
@@ -356,6 +378,8 @@ class DeliveryLoop:
             state,
             status if status is not None else error,
         )
+        # A final refusal (403...) is the request's fault, not the host's.
+        return status is not None and (status < 300 or status in FINAL_STATUSES)
 
     def outcome(
         self,

@@ -345,6 +345,56 @@ async def test_adapter_with_a_bad_mapping_path_is_refused_at_deploy(
     assert "'slack.mesage'" in response.json()["error"]["message"]
 
 
+async def test_circuit_opens_on_a_failing_host_and_closes_when_it_recovers(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """A failing host gets a few tries, then rest; after it recovers, all arrive."""
+    upstream.default_status = 500
+    patient = {"x-customer-id": "patient"}
+    async with httpx.AsyncClient(
+        base_url=delivering.url, headers=patient, timeout=20
+    ) as http:
+        ids = [
+            await deliver(http, f"{upstream.url}/flaky", b"%d" % i) for i in range(10)
+        ]
+
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    path = API.replace("deliverer", "patient") + "/deliveries/circuits"
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        deadline = time.monotonic() + 5
+        states: list[str] = []
+        while time.monotonic() < deadline and "open" not in states:
+            circuits = (await admin.get(path, headers=headers)).json()["circuits"]
+            states = [c["state"] for c in circuits]
+            await asyncio.sleep(0.02)
+        assert "open" in states
+        tried_while_open = len(upstream.requests_to("/flaky"))
+        await asyncio.sleep(0.2)
+        assert len(upstream.requests_to("/flaky")) <= tried_while_open + 1
+
+        upstream.default_status = 200
+        for delivery in ids:
+            await wait_for_state_by(admin, headers, "patient", delivery, "succeeded")
+        circuits = (await admin.get(path, headers=headers)).json()["circuits"]
+    assert [c["state"] for c in circuits] == ["closed"]
+
+
+async def wait_for_state_by(
+    admin: httpx.AsyncClient,
+    headers: dict[str, str],
+    tenant: str,
+    delivery_id: str,
+    wanted: str,
+) -> None:
+    path = API.replace("deliverer", tenant) + f"/deliveries/{delivery_id}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if (await admin.get(path, headers=headers)).json().get("state") == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{delivery_id} never became {wanted}")
+
+
 # Last: it ends the module's dispatcher with kill -9.
 async def test_pending_deliveries_survive_kill_9_and_arrive_once(
     base_dir: Path, delivering: DispatcherProcess, upstream: FakeUpstream
