@@ -1,0 +1,73 @@
+"""The delivery store: claims with leases keep two dispatchers apart."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from dispatcher.deliveries import LEASE_S, DeliveryStore
+from dispatcher.tenants import Tenant, TenantConfig
+from sandbox_runner import frames
+
+
+def outbound(number: int) -> frames.Outbound:
+    return frames.Outbound(
+        id=number,
+        request_id="r",
+        kind="deliver",
+        method="POST",
+        url="http://127.0.0.1:9/x",
+        headers=[],
+        body=b"%d" % number,
+        timeout_s=10,
+    )
+
+
+def test_two_stores_on_one_file_never_claim_the_same_delivery(tmp_path: Path) -> None:
+    """Two dispatchers sharing a database each get their own deliveries."""
+    path = tmp_path / "deliveries.sqlite3"
+    first, second = DeliveryStore(path), DeliveryStore(path)
+    tenant = Tenant("t", tmp_path, TenantConfig())
+    ids = {first.add(tenant, outbound(n)) for n in range(100)}
+    now = time.time() + 1
+
+    claimed_first = {d.id for d in first.claim_due(now)}
+    claimed_second = {d.id for d in second.claim_due(now)}
+    more_first = {d.id for d in first.claim_due(now)}
+
+    assert claimed_first and claimed_second
+    assert claimed_first.isdisjoint(claimed_second)
+    assert (claimed_first | claimed_second | more_first) <= ids
+    assert not (more_first & (claimed_first | claimed_second))
+
+
+def test_an_expired_lease_is_claimed_again(tmp_path: Path) -> None:
+    """A delivery held by a dispatcher that died is picked up after its lease."""
+    path = tmp_path / "deliveries.sqlite3"
+    crashed, survivor = DeliveryStore(path), DeliveryStore(path)
+    tenant = Tenant("t", tmp_path, TenantConfig())
+    delivery_id = crashed.add(tenant, outbound(1))
+    now = time.time() + 1
+
+    assert [d.id for d in crashed.claim_due(now)] == [delivery_id]
+    assert survivor.claim_due(now + 1) == []
+    assert [d.id for d in survivor.claim_due(now + LEASE_S + 1)] == [delivery_id]
+
+
+def test_only_the_lease_holder_records_an_outcome(tmp_path: Path) -> None:
+    """A late answer from a lost lease cannot overwrite the new holder's."""
+    path = tmp_path / "deliveries.sqlite3"
+    old, new = DeliveryStore(path), DeliveryStore(path)
+    tenant = Tenant("t", tmp_path, TenantConfig())
+    delivery_id = old.add(tenant, outbound(1))
+    now = time.time() + 1
+    (stale,) = old.claim_due(now)
+    (fresh,) = new.claim_due(now + LEASE_S + 1)
+
+    old.record(stale, "dead", now, 500, "late")
+    new.record(fresh, "succeeded", now, 200, None)
+
+    stored = new.get(delivery_id)
+    assert stored is not None
+    assert stored.state == "succeeded"
+    assert stored.attempts == 1
