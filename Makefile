@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run dev test bench lint clean
+.PHONY: help setup run dev test bench soak wrk lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,13 +45,21 @@ test: setup ## run the test suite
 	$(BIN)/pytest -q
 
 # wrk is the load generator; as root with apt-get it is installed here.
-bench: setup ## measure dispatch throughput; writes docs/BENCHMARKS.md
+wrk:
 	@command -v wrk >/dev/null || [ "$$(id -u)" != 0 ] || \
 		! command -v apt-get >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq wrk; }
 	@command -v wrk >/dev/null || \
 		{ echo "make bench needs wrk: install the Debian package 'wrk'" >&2; exit 1; }
+
+bench: setup wrk ## measure throughput, cold starts, memory, deploys, deliveries
 	$(BIN)/python bench/dispatch_bench.py --write docs/BENCHMARKS.md
+	$(BIN)/python bench/deploy_latency.py --append docs/BENCHMARKS.md
+	$(BIN)/python bench/delivery_bench.py --append docs/BENCHMARKS.md
+
+MINUTES ?= 10
+soak: setup wrk ## saturate 200 recycling tenants for MINUTES (default 10)
+	$(BIN)/python bench/soak.py --minutes $(MINUTES)
 
 lint: setup ## ruff format check, ruff check, mypy --strict
 	$(BIN)/ruff format --check .

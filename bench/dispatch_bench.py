@@ -1,107 +1,74 @@
-"""Measure Switchyard's dispatch path beside its ceiling and its peer.
+"""Measure Switchyard beside its ceiling, a FastAPI service and its peer.
 
 ``make bench`` runs this. It starts every server itself, on 127.0.0.1 and a
-free port, and measures each with wrk:
+free port, stops each by pid when done (also on failure), and prints one
+table; with ``--write PATH`` the table goes into a markdown document that
+also records the command, the machine and the date. In three phases:
 
-- raw ASGI: the smallest ASGI app on uvicorn (uvloop, httptools), the
-  ceiling for any Python server on this machine;
-- switchyard with 1 tenant, and with 10 tenants in round-robin, out of 100
-  generated tenants c0 .. c99 that each answer a small JSON body;
-- switchyard with its access log on, to show what that line costs;
-- workerd, Cloudflare's runtime doing the same job, with 1 and 10 tenants,
-  when the peer's ``serve.sh`` is found; otherwise those rows say why not.
-
-Each round measures every server once, one after the other, each after a
-short warm-up, so that every ratio compares runs made side by side under
-the same conditions; the order rotates from round to round. The table
-holds medians over rounds, and each ratio is the median of the per-round
-ratios. With ``--write PATH`` the table goes into a markdown document that
-also records the command, the machine and the date.
+1. Throughput (``throughput.py``): wrk against raw ASGI, a FastAPI hello
+   world, switchyard (zygote, access log off) with 1, 100 and 1,000
+   tenants in round-robin out of 2,000 generated ones, switchyard with its
+   access log on, and workerd with 1 and 100 tenants. Every tenant wrk
+   reaches is warmed by one request first.
+2. Capacity (``memory.py``): the other 1,000 tenants of that dispatcher
+   are warmed too, and warm hits spread over all 2,000 are timed beside
+   hits on one tenant.
+3. Cold starts and memory (``coldstart.py``): first requests to fresh
+   tenants on a zygote dispatcher, a ``--no-zygote`` one and workerd's
+   loader, interleaved; then the idle workers' USS and PSS.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import os
 import shutil
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
 
-import psutil
+from coldstart import peer_missing, run_cold_starts
+from latency import warm_tenants
+from memory import capacity_row, measure_capacity
 from report import (
-    PEER_1,
-    PEER_10,
-    RAW,
-    SWITCHYARD_1,
-    Case,
-    Memory,
-    Run,
+    Row,
+    describe_start,
+    log_progress,
     render_document,
-    render_memory,
     render_table,
 )
 from servers import Server, ServerFailed, Servers, write_tenants
+from throughput import (
+    WARMUP_S,
+    WRK_SETTINGS,
+    BenchFailed,
+    Case,
+    measure_rounds,
+    throughput_rows,
+    write_wrk_scripts,
+    wrk_version,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PEER = REPO.parent / "shared" / "peer-workerd" / "serve.sh"
-WRK_SETTINGS = ["-t1", "-c32", "--latency"]
-WARMUP_S = 1
-TENANT_COUNT = 100
-ROTATED_TENANTS = 10
-MiB = 1024 * 1024
+ROTATIONS = [100, 1000]
+PEER_TENANTS = 100
+# The dispatcher's memory budget sums its workers' RSS, which counts the
+# pages every forked worker shares with the zygote once per worker: at its
+# default it evicts warm workers long before memory runs short. This value
+# switches it off so that all the tenants stay warm.
+NO_MEMORY_BUDGET_MB = 1_000_000
 
-# wrk calls done() once at the end of a run; the one line it prints is all
-# this script reads of wrk's output, so wrk's text layout does not matter.
-REPORT_MARK = "switchyard-bench"
-REPORT_LUA = f"""\
-done = function(summary, latency, requests)
-  local errors = summary.errors
-  io.write(string.format("{REPORT_MARK} %d %d %d %d %d %d\\n",
-    summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99),
-    errors.connect + errors.read + errors.write + errors.timeout,
-    errors.status))
-end
-"""
-# The requests are built once, so naming the next tenant costs wrk a table
-# lookup per request, not a string build.
-ROTATE_LUA = """\
-local requests = {}
-local turn = 0
-
-init = function(args)
-  for i = 0, count - 1 do
-    wrk.headers["x-customer-id"] = "c" .. i
-    requests[i + 1] = wrk.format()
-  end
-end
-
-request = function()
-  turn = turn % count + 1
-  return requests[turn]
-end
-"""
-
-
-class BenchFailed(Exception):
-    """A measurement could not be made."""
-
-
-class WrkReport(NamedTuple):
-    """What the report script prints at the end of one wrk run."""
-
-    requests: int
-    duration_us: int
-    p50_us: int
-    p99_us: int
-    socket_errors: int
-    non_2xx: int
+RAW = "raw ASGI hello world (the ceiling)"
+FASTAPI = "FastAPI hello world"
+SWITCHYARD_1 = "switchyard, 1 tenant"
+SWITCHYARD_100 = "switchyard, 100 tenants round-robin"
+SWITCHYARD_1000 = "switchyard, 1,000 tenants round-robin"
+SWITCHYARD_LOG = "switchyard with access log, 1 tenant"
+PEER_1 = "workerd, 1 tenant"
+PEER_100 = "workerd, 100 tenants round-robin"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,21 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     # A plain SIGTERM would skip the finally blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
-    started_at = datetime.now(UTC)
+    start = describe_start()
     with (
-        tempfile.TemporaryDirectory(prefix="switchyard-bench-") as folder,
-        Servers(Path(folder)) as servers,
+        tempfile.TemporaryDirectory(prefix="switchyard-bench-") as name,
+        Servers(Path(name)) as servers,
     ):
-        cases = start_cases(servers, Path(folder), args.peer_serve)
-        idle = sample_memory(cases)
-        measure_rounds(cases, args.rounds, args.seconds)
-        memory = render_memory(idle, sample_memory(cases))
+        try:
+            rows = run_phases(servers, Path(name), args)
+        except (BenchFailed, ServerFailed) as exc:
+            print(f"dispatch_bench: {exc}", file=sys.stderr)
+            return 2
 
-    table = render_table(cases)
+    table = render_table(rows)
     print(table)
-    log_progress(memory)
     if args.write:
-        document = render_document(table, memory, describe_setup(args), started_at)
+        setup = start + describe_setup(args)
+        document = render_document(table, setup, reading_notes())
         args.write.parent.mkdir(parents=True, exist_ok=True)
         args.write.write_text(document)
     return 0
@@ -139,9 +107,21 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--seconds", type=at_least_one, default=5, help="per measured run"
+        "--seconds", type=at_least(1), default=5, help="per measured wrk run"
     )
-    parser.add_argument("--rounds", type=at_least_one, default=3)
+    parser.add_argument("--rounds", type=at_least(1), default=3)
+    parser.add_argument(
+        "--warm-tenants",
+        type=at_least(max(ROTATIONS)),
+        default=2000,
+        help="tenants warmed at once on one dispatcher (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cold-tenants",
+        type=at_least(1),
+        default=100,
+        help="fresh tenants per cold-start mode (default %(default)s)",
+    )
     parser.add_argument("--write", type=Path, metavar="PATH", help="markdown file")
     parser.add_argument(
         "--peer-serve", type=Path, default=DEFAULT_PEER, help="the peer's serve.sh"
@@ -149,188 +129,142 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {low} or more, got {value}")
+        return value
+
+    return parse
 
 
-def start_cases(servers: Servers, folder: Path, peer_serve: Path) -> list[Case]:
-    """Start every server and say what wrk sends each of them."""
-    tenants_dir = folder / "tenants"
-    write_tenants(tenants_dir, TENANT_COUNT, prewarm=ROTATED_TENANTS)
-    one = ["-H", "x-customer-id: c0", "-s", str(folder / "report.lua")]
-    many = ["-s", str(folder / "rotate.lua")]
-    write_wrk_scripts(folder)
+def run_phases(servers: Servers, folder: Path, args: argparse.Namespace) -> list[Row]:
+    """Throughput, then capacity on the same dispatcher, then cold starts."""
+    tenants = [f"c{index}" for index in range(args.warm_tenants)]
+    write_tenants(folder / "tenants", len(tenants))
+    cases = start_throughput_cases(servers, folder, args)
+    dispatcher = next(case.server for case in cases if case.name == SWITCHYARD_1)
+    assert dispatcher is not None
 
-    raw = servers.start_raw_asgi()
-    quiet = servers.start_switchyard("switchyard", tenants_dir, access_log=False)
-    logged = servers.start_switchyard("switchyard+log", tenants_dir, access_log=True)
-    cases = [
-        Case(RAW, raw, one),
-        Case(SWITCHYARD_1, quiet, one, peer=PEER_1),
-        Case("switchyard, 10 tenants round-robin", quiet, many, peer=PEER_10),
-        Case("switchyard with access log, 1 tenant", logged, one, peer=PEER_1),
-    ]
-    return cases + start_peer_cases(servers, peer_serve, one, many)
+    log_progress(f"warming {max(ROTATIONS):,} tenants before the rounds")
+    warm_tenants(dispatcher.port, tenants[: max(ROTATIONS)])
+    measure_rounds(cases, args.rounds, args.seconds)
+    rows = throughput_rows(cases)
 
+    log_progress(f"warming the other {len(tenants) - max(ROTATIONS):,} tenants")
+    capacity = measure_capacity(dispatcher, tenants, max(ROTATIONS))
+    rows.append(capacity_row(capacity))
+    for case in cases:
+        if case.server is not None:
+            servers.stop(case.server)
 
-def write_wrk_scripts(folder: Path) -> None:
-    (folder / "report.lua").write_text(REPORT_LUA)
-    rotate = f"local count = {ROTATED_TENANTS}\n{ROTATE_LUA}{REPORT_LUA}"
-    (folder / "rotate.lua").write_text(rotate)
+    rows += run_cold_starts(servers, folder, args.peer_serve, args.cold_tenants)
+    return rows
 
 
-def start_peer_cases(
-    servers: Servers, serve_sh: Path, one: list[str], many: list[str]
+def start_throughput_cases(
+    servers: Servers, folder: Path, args: argparse.Namespace
 ) -> list[Case]:
-    """The workerd rows; a peer that cannot start leaves its reason instead."""
-    reason = peer_missing(serve_sh)
-    cases = []
-    for name, tenants, wrk_args in ((PEER_1, 1, one), (PEER_10, 10, many)):
-        case = Case(name, None, wrk_args, optional=True)
-        if not reason:
-            log_progress(f"starting {name} (installs workerd on first use)")
-            try:
-                case.server = servers.start_peer(serve_sh, tenants)
-            except ServerFailed as exc:
-                # The second start would fail the same way, only slower.
-                reason = str(exc)
-        case.unavailable = "" if case.server else reason
+    """Start the servers wrk measures, and say what it sends each of them."""
+    traffic = write_wrk_scripts(folder, ROTATIONS)
+    one, hundred, thousand = traffic[1], traffic[100], traffic[1000]
+    raw = servers.start_uvicorn(RAW, "raw_asgi:app")
+    fastapi = servers.start_uvicorn(FASTAPI, "hello_fastapi:app")
+    quiet = servers.start_switchyard(
+        "switchyard", folder / "tenants", switchyard_options(args)
+    )
+    logged = servers.start_switchyard("switchyard+log", folder / "tenants", [])
+    peer, reason = start_peer(servers, args.peer_serve)
+
+    mode = "zygote, access log off"
+    cases = [
+        Case(RAW, raw, one, note="no routing, no worker", label="raw ASGI"),
+        Case(FASTAPI, fastapi, one, [RAW], note="same uvicorn", label="FastAPI"),
+        Case(SWITCHYARD_1, quiet, one, [RAW, FASTAPI, PEER_1], note=mode),
+        Case(SWITCHYARD_100, quiet, hundred, [RAW, FASTAPI, PEER_100], 0.6, mode),
+        Case(SWITCHYARD_1000, quiet, thousand, [RAW, FASTAPI], note=mode),
+        Case(SWITCHYARD_LOG, logged, one, [RAW, SWITCHYARD_1], note="zygote"),
+    ]
+    for name, wrk_args in ((PEER_1, one), (PEER_100, hundred)):
+        case = Case(name, peer, wrk_args, [RAW], note="all tenants on one thread")
+        case.label, case.optional, case.unavailable = "workerd", True, reason
         cases.append(case)
     return cases
 
 
-def peer_missing(serve_sh: Path) -> str:
-    """Why the peer cannot run here, or "" when it may."""
-    if not serve_sh.is_file():
-        return f"no {serve_sh}"
-    for tool in ("node", "npm", "bash"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    return ""
+def switchyard_options(args: argparse.Namespace) -> list[str]:
+    return [
+        "--no-access-log",
+        "--max-warm-workers",
+        str(max(2000, args.warm_tenants)),
+        "--max-workers-memory-mb",
+        str(NO_MEMORY_BUDGET_MB),
+    ]
 
 
-def measure_rounds(cases: list[Case], rounds: int, seconds: int) -> None:
-    """Measure every server once per round, the order rotated each round."""
-    for number in range(1, rounds + 1):
-        ready = [case for case in cases if not case.unavailable]
-        shift = (number - 1) % len(ready)
-        for case in ready[shift:] + ready[:shift]:
-            try:
-                run = measure(case, seconds)
-            except BenchFailed as exc:
-                if not case.optional:
-                    raise
-                case.unavailable = f"failed in round {number}: {exc}"
-                case.runs.clear()
-                continue
-            case.runs.append(run)
-            log_progress(
-                f"round {number}/{rounds}  {case.name:<38}"
-                f"{run.requests_per_s:>9,.0f} req/s  p99 {run.p99_ms:6.2f} ms"
-            )
-
-
-def measure(case: Case, seconds: int) -> Run:
-    """Warm the server up, then one measured run with its CPU time."""
-    assert case.server is not None
-    run_wrk(case.server, case.wrk_args, WARMUP_S)
-
-    own_before, started_before = case.server.cpu_seconds()
-    result = run_wrk(case.server, case.wrk_args, seconds)
-    own_after, started_after = case.server.cpu_seconds()
-
-    own_us = (own_after - own_before) * 1e6
-    started_us = (started_after - started_before) * 1e6
-    requests = max(result.requests, 1)
-    return Run(
-        requests_per_s=result.requests / (result.duration_us / 1e6),
-        p50_ms=result.p50_us / 1000,
-        p99_ms=result.p99_us / 1000,
-        failed=result.socket_errors + result.non_2xx,
-        cpu_us_per_request=(own_us + started_us) / requests,
-        worker_cpu_us_per_request=started_us / requests,
-    )
-
-
-def run_wrk(server: Server, wrk_args: list[str], seconds: int) -> WrkReport:
-    """One wrk run against ``server``; its report line, parsed."""
-    url = f"http://127.0.0.1:{server.port}/"
-    command = ["wrk", *WRK_SETTINGS, f"-d{seconds}s", *wrk_args, url]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=seconds + 30, check=False
-    )
-    for line in done.stdout.splitlines():
-        if line.startswith(REPORT_MARK) and done.returncode == 0:
-            return WrkReport(*(int(float(word)) for word in line.split()[1:]))
-
-    if server.process.poll() is not None:
-        raise BenchFailed(f"{server.name} exited: {server.last_log_line()}")
-    reason = (done.stderr or done.stdout).strip()[-200:]
-    raise BenchFailed(f"wrk exited with code {done.returncode}: {reason}")
-
-
-def sample_memory(cases: list[Case]) -> Memory:
-    """RSS and USS in MiB of the processes serving tenants, read now."""
-    serving = {case.name: case.server for case in cases if not case.unavailable}
-    sample: Memory = {}
-    dispatcher = serving.get(SWITCHYARD_1)
-    if dispatcher is not None:
-        root, *workers = dispatcher.processes()
-        sizes = read_memory(workers)
-        if sizes:
-            which = f"median of {len(sizes)}"
-            sample[f"switchyard worker, RSS ({which})"] = median_of(sizes, 0)
-            sample[f"switchyard worker, USS ({which})"] = median_of(sizes, 1)
-        sample["switchyard dispatcher, RSS"] = median_of(read_memory([root]), 0)
-
-    for name, tenants in ((PEER_1, "1 tenant"), (PEER_10, "10 tenants")):
-        peer = serving.get(name)
-        if peer is not None:
-            sizes = read_memory(peer.processes()[:1])
-            sample[f"workerd for {tenants}, RSS"] = median_of(sizes, 0)
-    return sample
-
-
-def read_memory(processes: list[psutil.Process]) -> list[tuple[float, float]]:
-    """RSS and USS in MiB of each of ``processes`` still running."""
-    sizes = []
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            info = process.memory_full_info()
-            sizes.append((info.rss / MiB, info.uss / MiB))
-    return sizes
-
-
-def median_of(sizes: list[tuple[float, float]], column: int) -> float:
-    if not sizes:
-        return float("nan")
-    return statistics.median(size[column] for size in sizes)
+def start_peer(servers: Servers, serve_sh: Path) -> tuple[Server | None, str]:
+    """workerd with 100 tenants, or None and the reason it is not running."""
+    reason = peer_missing(serve_sh)
+    if reason:
+        return None, reason
+    log_progress("starting workerd (installs it on first use)")
+    try:
+        return servers.start_peer(serve_sh, PEER_TENANTS), ""
+    except ServerFailed as exc:
+        return None, str(exc)
 
 
 def describe_setup(args: argparse.Namespace) -> list[str]:
     """How the load was made and what it was sent to, for the document."""
+    options = " ".join(switchyard_options(args))
     return [
-        f"load: {wrk_version()}, `wrk {' '.join(WRK_SETTINGS)}`, {args.seconds} s"
-        f" per run after a {WARMUP_S} s warm-up, {args.rounds} rounds, every"
-        " server once per round (order rotated), all on 127.0.0.1",
-        f"tenants: {TENANT_COUNT} generated ones, c0 .. c{TENANT_COUNT - 1},"
-        f" c0 .. c{ROTATED_TENANTS - 1} warm; each answers"
-        ' `{"tenant": ..., "ok": true}`',
+        f"throughput: {wrk_version()}, `wrk {' '.join(WRK_SETTINGS)}`,"
+        f" {args.seconds} s per run after a {WARMUP_S} s warm-up, {args.rounds}"
+        " rounds, every server once per round (order rotated), all on 127.0.0.1",
+        "baselines: `raw_asgi.py` and `hello_fastapi.py` on `uvicorn --loop"
+        " uvloop --http httptools --no-access-log`",
+        f"switchyard: `switchyard run {options}` - workers forked from the"
+        f" zygote, access log off; {args.warm_tenants:,} generated tenants"
+        f" c0 .. c{args.warm_tenants - 1}, each answering"
+        ' `{"tenant": ..., "ok": true}`, none prewarmed: c0 .. c999 warmed by'
+        " one request each before the rounds, the rest after them."
+        f" `--max-workers-memory-mb {NO_MEMORY_BUDGET_MB}` turns the memory"
+        " budget off: it sums RSS, which counts the zygote's shared pages once"
+        " per worker, and evicts warm workers long before memory runs short",
+        f"cold starts: {args.cold_tenants} fresh tenants per mode, one request"
+        " each from a sequential client, interleaved zygote / plain spawn /"
+        " workerd loader, after one request to another tenant on each;"
+        f" {confinement_note()}",
+        f"workerd: `serve.sh {PEER_TENANTS} PORT` for throughput,"
+        f" `serve.sh {args.cold_tenants + 1} PORT loader` for cold starts",
     ]
 
 
-def wrk_version() -> str:
-    # wrk has no version flag: -v prints the version, then usage, exit 1.
-    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
-    first = (done.stdout or done.stderr).strip().splitlines()
-    return first[0].split(" Copyright")[0] if first else "wrk"
+def confinement_note() -> str:
+    if os.geteuid() == 0:
+        return "run as root, so every worker gets every confinement layer"
+    return "not run as root: workers lack their own uid and private mounts"
 
 
-def log_progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+def reading_notes() -> list[str]:
+    return [
+        "Trust the ratios more than the absolute numbers: every ratio compares"
+        " measurements made side by side in this run (for throughput, the"
+        " median of per-round ratios), while absolute numbers move by up to"
+        " 1.5x between runs and machines.",
+        "wrk and the sequential client share the machine's cores with the"
+        " server they measure. *Server CPU* (the dispatcher and its workers,"
+        " the workers' share in brackets) shows the cost apart from that.",
+        "raw ASGI is the ceiling for a Python server here; a switchyard row"
+        " adds routing, a frame each way over a pipe, and the worker's turn.",
+        "workerd serves every tenant from one thread, so it uses about one"
+        " core; switchyard spreads over the dispatcher and a process per"
+        " tenant, which its ratios to workerd include.",
+        "USS is what one more worker adds; PSS divides shared pages among"
+        " their sharers. *Warm tenants that fit* divides MemAvailable by USS;"
+        " the open-files limit and pid_max are walls of their own.",
+    ]
 
 
 if __name__ == "__main__":

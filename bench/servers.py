@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import os
 import re
 import shutil
 import socket
@@ -28,6 +29,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 SWITCHYARD = Path(sys.executable).with_name("switchyard")
 LISTENING = re.compile(r"dispatcher listening on http://127\.0\.0\.1:(\d+)")
 STARTED = re.compile(r"Application startup complete")
+ZYGOTE = re.compile(r"zygote started, pid (\d+)")
 START_TIMEOUT_S = 30.0
 # The peer's first start installs workerd from the npm registry.
 PEER_START_TIMEOUT_S = 180.0
@@ -108,6 +110,7 @@ class Servers:
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 command,
+                env=server_environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -116,31 +119,42 @@ class Servers:
         self.started.append(server)
         return server
 
-    def start_raw_asgi(self) -> Server:
-        """The ceiling: ``raw_asgi.app`` on uvicorn with uvloop and httptools."""
+    def start_uvicorn(self, name: str, app: str) -> Server:
+        """``app`` (``module:attribute`` in bench/) on uvicorn, as a baseline.
+
+        Both baselines get the same settings: uvloop, httptools, no access
+        log, no lifespan - the fastest uvicorn has.
+        """
         port = free_port()
         command = [
-            sys.executable, "-m", "uvicorn", "raw_asgi:app",
+            sys.executable, "-m", "uvicorn", app,
             "--app-dir", str(BENCH_DIR), "--host", "127.0.0.1",
             "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--lifespan", "off", "--no-access-log", "--log-level", "warning",
         ]  # fmt: skip
-        server = self.start("raw ASGI", command, port)
+        server = self.start(name, command, port)
         wait_for_port(server, START_TIMEOUT_S)
         check_answer(server, "c0")
         return server
 
     def start_switchyard(
-        self, name: str, tenants_dir: Path, access_log: bool
+        self,
+        name: str,
+        tenants_dir: Path,
+        options: list[str],
+        check_tenant: str = "c0",
     ) -> Server:
-        """``switchyard run`` on a free port, with a state folder of its own."""
+        """``switchyard run`` on a free port, with a state folder of its own.
+
+        ``options`` go on its command line as they are (``--no-access-log``,
+        ``--no-zygote``, ...). ``check_tenant`` answers one request before
+        the server counts as started, so its worker is warm afterwards.
+        """
         state_dir = self.folder / f"state-{len(self.started)}"
         command = [
             str(SWITCHYARD), "run", "--port", "0",
-            "--tenants", str(tenants_dir), "--state", str(state_dir),
+            "--tenants", str(tenants_dir), "--state", str(state_dir), *options,
         ]  # fmt: skip
-        if not access_log:
-            command.append("--no-access-log")
         server = self.start(name, command)
 
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -148,18 +162,41 @@ class Servers:
         server.port = int(listening.group(1))
         # Start-up completes once the prewarm tenants' workers are ready.
         wait_for_log(server, STARTED, deadline)
-        check_answer(server, "c0")
+        check_answer(server, check_tenant)
         return server
 
-    def start_peer(self, serve_sh: Path, tenants: int) -> Server:
-        """The peer's ``serve.sh N PORT``; its first start installs workerd."""
+    def start_peer(
+        self, serve_sh: Path, tenants: int, mode: str = "dispatch"
+    ) -> Server:
+        """The peer's ``serve.sh N PORT MODE``; its first start installs workerd.
+
+        The check request goes to the last tenant, so that in ``loader``
+        mode the others are still to be loaded.
+        """
         port = free_port()
-        command = ["bash", str(serve_sh), str(tenants), str(port)]
-        server = self.start(f"workerd {tenants}", command, port)
+        command = ["bash", str(serve_sh), str(tenants), str(port), mode]
+        server = self.start(f"workerd {mode} {tenants}", command, port)
         wait_for_port(server, PEER_START_TIMEOUT_S)
         server.scratch = peer_scratch(server)
-        check_answer(server, "c0")
+        check_answer(server, f"c{tenants - 1}")
         return server
+
+    def stop(self, server: Server) -> None:
+        """Stop one server before the others, to quieten the machine."""
+        stop_server(server)
+
+
+def server_environment() -> dict[str, str]:
+    """Our environment, less any management API token.
+
+    With a token, every dispatcher would open its API on the same fixed
+    port, and only the first could start.
+    """
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name != "SWITCHYARD_ADMIN_TOKEN"
+    }
 
 
 def stop_server(server: Server) -> None:
@@ -258,16 +295,25 @@ def check_answer(server: Server, tenant: str) -> None:
         )
 
 
-def write_tenants(folder: Path, count: int, prewarm: int) -> None:
-    """Tenants c0 .. c<count-1>, the first ``prewarm`` of them started early."""
+def write_tenants(folder: Path, count: int, max_requests: int = 0) -> None:
+    """Tenants c0 .. c<count-1>, none prewarmed: a first request warms each.
+
+    ``max_requests`` above 0 recycles each worker after that many requests.
+    """
+    config = 'script = "worker.py"\n'
+    if max_requests:
+        config += f"\n[limits]\nmax_requests = {max_requests}\n"
     for index in range(count):
         tenant_dir = folder / f"c{index}"
         tenant_dir.mkdir(parents=True)
         (tenant_dir / "worker.py").write_text(TENANT_SCRIPT)
-        config = 'script = "worker.py"\n'
-        if index < prewarm:
-            config += "prewarm = true\n"
         (tenant_dir / "tenant.toml").write_text(config)
+
+
+def zygote_pid(server: Server) -> int | None:
+    """The pid of a dispatcher's zygote, as its log names it, if started."""
+    found = ZYGOTE.search(server.log_path.read_text(errors="replace"))
+    return int(found.group(1)) if found else None
 
 
 def slug(name: str) -> str:

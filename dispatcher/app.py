@@ -132,11 +132,13 @@ class Dispatcher:
         """Read the tenants, warm the prewarm ones, then freeze the heap."""
         tenants = load_tenants(self.settings.tenants_dir, self.settings.state_dir)
         self.directory.tenants = tenants
+        names = list(tenants)
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
         log.info(
             "serving %d tenants from %s: %s",
             len(tenants),
             self.settings.tenants_dir,
-            ", ".join(tenants) or "none",
+            shown or "none",
         )
         await self.deployments.restore_all()
         await self.pool.prewarm(list(tenants.values()))

@@ -326,9 +326,13 @@ class WorkerPool:
             return False
         worker.measured_at = worker.served
         try:
-            worker.rss = psutil.Process(worker.pid).memory_info().rss
+            memory = psutil.Process(worker.pid).memory_info()
         except psutil.Error:
             return False
+        # Resident and private: a forked worker shares most of its pages
+        # with the zygote, and counting those once per worker would evict
+        # warm workers long before memory runs short.
+        worker.rss = memory.rss - memory.shared
         return worker.rss > memory_ceiling_bytes(worker.tenant)
 
     async def keep_within_memory_budget(self) -> None:
