@@ -55,11 +55,6 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_PEER = REPO.parent / "shared" / "peer-workerd" / "serve.sh"
 ROTATIONS = [100, 1000]
 PEER_TENANTS = 100
-# The dispatcher's memory budget sums its workers' RSS, which counts the
-# pages every forked worker shares with the zygote once per worker: at its
-# default it evicts warm workers long before memory runs short. This value
-# switches it off so that all the tenants stay warm.
-NO_MEMORY_BUDGET_MB = 1_000_000
 
 RAW = "raw ASGI hello world (the ceiling)"
 FASTAPI = "FastAPI hello world"
@@ -198,8 +193,6 @@ def switchyard_options(args: argparse.Namespace) -> list[str]:
         "--no-access-log",
         "--max-warm-workers",
         str(max(2000, args.warm_tenants)),
-        "--max-workers-memory-mb",
-        str(NO_MEMORY_BUDGET_MB),
     ]
 
 
@@ -228,10 +221,7 @@ def describe_setup(args: argparse.Namespace) -> list[str]:
         f" zygote, access log off; {args.warm_tenants:,} generated tenants"
         f" c0 .. c{args.warm_tenants - 1}, each answering"
         ' `{"tenant": ..., "ok": true}`, none prewarmed: c0 .. c999 warmed by'
-        " one request each before the rounds, the rest after them."
-        f" `--max-workers-memory-mb {NO_MEMORY_BUDGET_MB}` turns the memory"
-        " budget off: it sums RSS, which counts the zygote's shared pages once"
-        " per worker, and evicts warm workers long before memory runs short",
+        " one request each before the rounds, the rest after them",
         f"cold starts: {args.cold_tenants} fresh tenants per mode, one request"
         " each from a sequential client, interleaved zygote / plain spawn /"
         " workerd loader, after one request to another tenant on each;"
