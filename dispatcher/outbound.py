@@ -22,6 +22,7 @@ import fnmatch
 import ipaddress
 import logging
 import socket
+from collections import Counter
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -115,6 +116,8 @@ class EgressGateway:
     def __init__(self, policy: EgressPolicy, deliveries: DeliverySink) -> None:
         self.policy = policy
         self.deliveries = deliveries
+        # Outbound calls per (tenant, outcome): made, refused, failed, stored.
+        self.counts: Counter[tuple[str, str]] = Counter()
         self.client = httpx.AsyncClient(
             follow_redirects=False, limits=httpx.Limits(max_connections=200)
         )
@@ -125,13 +128,23 @@ class EgressGateway:
         try:
             await self.policy.check(tenant, frame.url)
         except EgressDenied as exc:
+            self.counts[tenant.id, "refused"] += 1
             log.info("tenant %s: outbound call refused: %s", tenant.id, exc)
             return refused(frame, "egress_denied", str(exc))
 
         if frame.kind == "deliver":
             delivery_id = await self.deliveries.add(tenant, frame)
+            self.counts[tenant.id, "stored"] += 1
+            log.info(
+                "tenant %s: delivery %s stored for %s",
+                tenant.id,
+                delivery_id,
+                frame.url,
+            )
             return frames.OutboundResult(frame.id, delivery_id=delivery_id)
-        return await self.fetch(tenant, frame)
+        result = await self.fetch(tenant, frame)
+        self.counts[tenant.id, "failed" if result.error else "made"] += 1
+        return result
 
     async def fetch(
         self, tenant: Tenant, frame: frames.Outbound
@@ -150,6 +163,13 @@ class EgressGateway:
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
         ]
+        log.info(
+            "tenant %s: fetch %s %s -> %d",
+            tenant.id,
+            frame.method,
+            frame.url,
+            response.status_code,
+        )
         return frames.OutboundResult(frame.id, response.status_code, headers, body)
 
     async def close(self) -> None:
