@@ -113,7 +113,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--max-workers-memory-mb",
         type=int,
         default=Settings.max_workers_memory_mb,
-        help="resident memory of all workers together (default %(default)s)",
+        help="private memory of all workers together (default: half of RAM)",
     )
     run.add_argument(
         "--heartbeat",

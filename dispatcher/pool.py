@@ -326,18 +326,18 @@ class WorkerPool:
             return False
         worker.measured_at = worker.served
         try:
-            memory = psutil.Process(worker.pid).memory_info()
+            # USS, the memory only this worker holds: a forked worker
+            # shares most of its pages with the zygote, and counting those
+            # once per worker (RSS) would evict warm workers long before
+            # memory runs short. Read from smaps_rollup, so it is cheap.
+            worker.rss = psutil.Process(worker.pid).memory_full_info().uss
         except psutil.Error:
             return False
-        # Resident and private: a forked worker shares most of its pages
-        # with the zygote, and counting those once per worker would evict
-        # warm workers long before memory runs short.
-        worker.rss = memory.rss - memory.shared
         return worker.rss > memory_ceiling_bytes(worker.tenant)
 
     async def keep_within_memory_budget(self) -> None:
         """Evict idle workers, least recently used first, past the budget."""
-        budget = self.settings.max_workers_memory_mb * MiB
+        budget = self.settings.max_workers_memory_mb * MiB or half_of_memory()
         while sum(w.rss for w in self.workers) > budget:
             victim = self.least_recently_used_idle()
             if victim is None:
@@ -367,6 +367,11 @@ class WorkerPool:
         await asyncio.gather(*(w.shutdown() for w in workers))
         log.info("stopped %d workers", len(workers))
         await self.launcher.close()
+
+
+def half_of_memory() -> int:
+    """The default budget for all workers: half of the machine's memory."""
+    return int(psutil.virtual_memory().total // 2)
 
 
 def recycle_after(max_requests: int) -> int | None:

@@ -36,7 +36,8 @@ class Settings:
     watch: bool = True
     # Host-wide bounds on warm workers, over every tenant's settings.
     max_warm_workers: int = 2000
-    max_workers_memory_mb: int = 8192
+    # 0: half of the machine's memory.
+    max_workers_memory_mb: int = 0
     supervise_interval_s: float = 1.0
     # A worker quiet for this long is pinged.
     heartbeat_s: float = 5.0
