@@ -39,6 +39,7 @@ from dispatcher.errors import (
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.pool import WorkerPool
+from dispatcher.ratelimit import RateLimiter
 from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
@@ -88,6 +89,7 @@ class Dispatcher:
             settings, self.tenant_log, sandbox, self.launcher, self.gateway
         )
         self.directory = TenantDirectory(self.pool)
+        self.rate_limiter = RateLimiter()
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
         # The management API, answered only on its own listener's port.
@@ -177,6 +179,7 @@ class Dispatcher:
         try:
             tenant_id = tenant_id_of(scope)
             tenant = self.find_tenant(tenant_id)
+            self.rate_limiter.check(tenant)
             request = await self.read_request(scope, receive, request_id)
             response = await self.pool.dispatch(tenant, request)
             status, code = response.status, ""

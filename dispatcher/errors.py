@@ -79,6 +79,13 @@ class ProtocolError(DispatchError):
     code = "protocol_error"
 
 
+class RateLimited(DispatchError):
+    """The tenant's inbound rate limit is spent; headers say when to retry."""
+
+    status = 429
+    code = "rate_limited"
+
+
 class TenantBusy(DispatchError):
     status = 503
     code = "tenant_busy"

@@ -95,6 +95,13 @@ class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_delay_s: Annotated[float, Meta(gt=0, le=86_400)] = 3600.0
 
 
+class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Inbound requests a second (0: no limit) and how many may come at once."""
+
+    requests_per_second: Annotated[float, Meta(ge=0)] = 0.0
+    burst: Annotated[int, Meta(ge=0)] = 0
+
+
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The contents of one ``tenant.toml``."""
 
@@ -105,6 +112,7 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     limits: Limits = Limits()
     egress: Egress = Egress()
     retry: RetryPolicy = RetryPolicy()
+    rate_limit: RateLimit = RateLimit()
 
 
 @dataclass

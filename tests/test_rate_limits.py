@@ -1,0 +1,54 @@
+"""Inbound rate limits: a token bucket per tenant, answered before any worker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import httpx
+
+from tests.conftest import error_of
+
+
+async def burst(
+    client: httpx.AsyncClient, tenant: str, count: int
+) -> list[httpx.Response]:
+    headers = {"x-customer-id": tenant}
+    return await asyncio.gather(
+        *(client.get("/", headers=headers) for _ in range(count))
+    )
+
+
+async def test_burst_over_the_limit_gets_429_with_retry_after(
+    client: httpx.AsyncClient,
+) -> None:
+    """5 req/s, burst 5: of 20 at once, 5 are served and 15 refused."""
+    responses = await burst(client, "limited", 20)
+
+    statuses = collections.Counter(r.status_code for r in responses)
+    assert statuses == {200: 5, 429: 15}
+    refused = next(r for r in responses if r.status_code == 429)
+    assert error_of(refused)["code"] == "rate_limited"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.headers["ratelimit-policy"] == "5;w=1;burst=5"
+    assert "remaining=0" in refused.headers["ratelimit"]
+
+
+async def test_requests_pass_again_after_the_refill(client: httpx.AsyncClient) -> None:
+    """Once the bucket refills, the tenant is served again."""
+    await burst(client, "limited", 10)
+    await asyncio.sleep(1.1)
+
+    responses = await burst(client, "limited", 5)
+
+    assert [r.status_code for r in responses] == [200] * 5
+
+
+async def test_a_tenant_without_limits_is_unaffected(client: httpx.AsyncClient) -> None:
+    """Another tenant's limit never slows this one."""
+    limited, free = await asyncio.gather(
+        burst(client, "limited", 30), burst(client, "echo", 30)
+    )
+
+    assert {r.status_code for r in free} == {200}
+    assert 429 in {r.status_code for r in limited}
