@@ -84,7 +84,8 @@ class Dispatcher:
         self.delivery_wake = asyncio.Event()
         sink = AsyncDeliverySink(self.delivery_store, self.delivery_wake)
         networks = [ipaddress.ip_network(n) for n in settings.private_egress]
-        self.gateway = EgressGateway(EgressPolicy(networks), sink)
+        regions = dict(settings.egress_regions)
+        self.gateway = EgressGateway(EgressPolicy(networks, regions), sink)
         self.pool = WorkerPool(
             settings, self.tenant_log, sandbox, self.launcher, self.gateway
         )

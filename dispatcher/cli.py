@@ -134,6 +134,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="a private network tenants may call (repeatable; default none)",
     )
     run.add_argument(
+        "--egress-region",
+        action="append",
+        default=[],
+        metavar="HOST=REGION",
+        help="the region a host serves from, for tenants' region rules (repeatable)",
+    )
+    run.add_argument(
         "--delivery-time-scale",
         type=float,
         default=1.0,
@@ -168,6 +175,7 @@ def run_command(args: argparse.Namespace) -> int:
         heartbeat_s=args.heartbeat,
         watch=not args.no_watch,
         private_egress=tuple(args.allow_private_egress),
+        egress_regions=tuple(parse_region(item) for item in args.egress_region),
         delivery_time_scale=args.delivery_time_scale,
     )
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -240,6 +248,13 @@ def admin_token(token_file: Path | None) -> str | None:
     if token and len(token) < 16:
         raise SystemExit("switchyard: the admin token must be 16 characters or more")
     return token or None
+
+
+def parse_region(item: str) -> tuple[str, str]:
+    host, _, region = item.partition("=")
+    if not host or not region:
+        raise SystemExit(f"switchyard: --egress-region wants HOST=REGION, not {item!r}")
+    return host, region
 
 
 def raise_open_files_limit() -> None:

@@ -58,6 +58,9 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
+    -- The tenant's data region when stored: a multi-region deployment
+    -- keeps each region's rows in a database in that region.
+    region TEXT NOT NULL DEFAULT '',
     method TEXT NOT NULL,
     url TEXT NOT NULL,
     headers BLOB NOT NULL,
@@ -155,21 +158,30 @@ class DeliveryStore:
         self.lock = threading.Lock()
         self.owner = secrets.token_hex(8)
 
-    def add(self, tenant: Tenant, frame: frames.Outbound) -> str:
-        """Store a delivery, due now; returns its id."""
+    def add(
+        self, tenant: Tenant, frame: frames.Outbound, refused_because: str = ""
+    ) -> str:
+        """Store a delivery, due now; returns its id.
+
+        A delivery refused before any attempt (``refused_because``, say a
+        region rule) is stored straight into the dead letters with that
+        reason, so the tenant can see and replay it once the rule allows.
+        """
         delivery_id = "dlv_" + secrets.token_hex(10)
         key = frame.idempotency_key or delivery_id
         now = time.time()
+        state = "dead" if refused_because else "pending"
         row = (
-            delivery_id, tenant.id, frame.method, frame.url,
+            delivery_id, tenant.id, tenant.config.region, frame.method, frame.url,
             _encode.encode(frame.headers), frame.body, key,
-            _encode.encode(tenant.config.retry), "pending", 0, now, now,
+            _encode.encode(tenant.config.retry), state, 0, now, now,
+            refused_because or None,
         )  # fmt: skip
         with self.lock:
             self.db.execute(
-                "INSERT INTO deliveries (id, tenant, method, url, headers, body, "
-                "idempotency_key, policy, state, attempts, created_at, "
-                "next_attempt_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO deliveries (id, tenant, region, method, url, headers, "
+                "body, idempotency_key, policy, state, attempts, created_at, "
+                "next_attempt_at, last_error) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 row,
             )
         return delivery_id
@@ -294,8 +306,12 @@ class AsyncDeliverySink:
         self.store = store
         self.wake = wake
 
-    async def add(self, tenant: Tenant, frame: frames.Outbound) -> str:
-        delivery_id = await asyncio.to_thread(self.store.add, tenant, frame)
+    async def add(
+        self, tenant: Tenant, frame: frames.Outbound, refused_because: str = ""
+    ) -> str:
+        delivery_id = await asyncio.to_thread(
+            self.store.add, tenant, frame, refused_because
+        )
         self.wake.set()  # attempt it at once
         return delivery_id
 

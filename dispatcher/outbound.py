@@ -61,6 +61,14 @@ NO_OUTBOUND = NoOutbound()
 class EgressDenied(Exception):
     """A destination the tenant's policy does not allow; says which rule."""
 
+    code = "egress_denied"
+
+
+class RegionDenied(EgressDenied):
+    """A destination the operator placed outside the tenant's region."""
+
+    code = "region_denied"
+
 
 def refused(frame: frames.Outbound, code: str, message: str) -> frames.OutboundResult:
     return frames.OutboundResult(frame.id, error=code, message=message)
@@ -69,8 +77,12 @@ def refused(frame: frames.Outbound, code: str, message: str) -> frames.OutboundR
 class EgressPolicy:
     """Where tenants may call: their allowlist, and the operator's networks."""
 
-    def __init__(self, private_networks: list[Network]) -> None:
+    def __init__(
+        self, private_networks: list[Network], host_regions: dict[str, str]
+    ) -> None:
         self.private_networks = private_networks
+        # Which region each host serves from, as the operator declared.
+        self.host_regions = {h.lower(): r for h, r in host_regions.items()}
 
     async def check(self, tenant: Tenant, url: str) -> None:
         """Raise EgressDenied unless ``url`` is a destination allowed now."""
@@ -82,9 +94,19 @@ class EgressPolicy:
             raise EgressDenied("the URL names no host")
         if not host_allowed(host, tenant.config.egress.allow):
             raise EgressDenied(f"host {host!r} is not in the tenant's egress allowlist")
+        self.check_region(tenant, host)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         for address in await resolve(host, port):
             self.check_address(host, address)
+
+    def check_region(self, tenant: Tenant, host: str) -> None:
+        """A tenant with a region calls only hosts declared in it, or none."""
+        home = tenant.config.region
+        declared = self.host_regions.get(host.lower())
+        if home and declared and declared != home:
+            raise RegionDenied(
+                f"host {host!r} is in region {declared!r}, the tenant in {home!r}"
+            )
 
     def check_address(self, host: str, address: str) -> None:
         ip = ipaddress.ip_address(address)
@@ -128,9 +150,13 @@ class EgressGateway:
         try:
             await self.policy.check(tenant, frame.url)
         except EgressDenied as exc:
-            self.counts[tenant.id, "refused"] += 1
+            self.counts[tenant.id, exc.code] += 1
             log.info("tenant %s: outbound call refused: %s", tenant.id, exc)
-            return refused(frame, "egress_denied", str(exc))
+            result = refused(frame, exc.code, str(exc))
+            if frame.kind == "deliver" and isinstance(exc, RegionDenied):
+                reason = f"{exc.code}: {exc}"
+                result.delivery_id = await self.deliveries.add(tenant, frame, reason)
+            return result
 
         if frame.kind == "deliver":
             delivery_id = await self.deliveries.add(tenant, frame)
@@ -194,4 +220,6 @@ async def read_capped(response: httpx.Response) -> bytes:
 class DeliverySink(Protocol):
     """Stores a delivery durably and returns its id."""
 
-    async def add(self, tenant: Tenant, frame: frames.Outbound) -> str: ...
+    async def add(
+        self, tenant: Tenant, frame: frames.Outbound, refused_because: str = ""
+    ) -> str: ...

@@ -43,6 +43,8 @@ class Settings:
     heartbeat_s: float = 5.0
     # Networks tenants may call although they are private (tests: loopback).
     private_egress: tuple[str, ...] = ()
+    # Host name to the region it serves from, for tenants' region rules.
+    egress_regions: tuple[tuple[str, str], ...] = ()
     # Below 1, delivery backoff runs that much faster (tests only).
     delivery_time_scale: float = 1.0
     # Fork workers from a pre-imported zygote (fast) rather than exec a

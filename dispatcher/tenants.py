@@ -106,6 +106,9 @@ class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """The contents of one ``tenant.toml``."""
 
     script: str = "worker.py"
+    # Where the tenant's data must stay ("eu", "us"): its calls reach only
+    # hosts the operator declared in it (or declared nowhere).
+    region: str = ""
     prewarm: bool = False
     secrets: list[str] = []
     vars: dict[str, BindingValue] = {}

@@ -35,6 +35,10 @@ def start(base: Path) -> DispatcherProcess:
         toml = (source / "tenant.toml").read_text()
         patient = toml.replace("max_attempts = 3", "max_attempts = 1000")
         (tenants / "patient" / "tenant.toml").write_text(patient)
+        for region in ("eu", "us"):
+            shutil.copytree(source, tenants / f"{region}-tenant")
+            placed = f'region = "{region}"\n' + toml
+            (tenants / f"{region}-tenant" / "tenant.toml").write_text(placed)
     return DispatcherProcess(
         tenants,
         base / "state",
@@ -42,6 +46,7 @@ def start(base: Path) -> DispatcherProcess:
         extra_args=[
             "--allow-private-egress", "127.0.0.0/8",
             "--delivery-time-scale", TIME_SCALE,
+            "--egress-region", "127.0.0.1=us",
         ],
         extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
     )  # fmt: skip
@@ -393,6 +398,50 @@ async def wait_for_state_by(
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"{delivery_id} never became {wanted}")
+
+
+async def test_delivery_outside_the_tenants_region_is_refused_and_dead_lettered(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """An eu tenant cannot deliver to a host declared us; a us tenant can."""
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as http:
+        eu = await http.post(
+            "/deliver",
+            params={"to": f"{upstream.url}/regional"},
+            headers={"x-customer-id": "eu-tenant"},
+            content=b"eu data",
+        )
+        us = await http.post(
+            "/deliver",
+            params={"to": f"{upstream.url}/regional"},
+            headers={"x-customer-id": "us-tenant"},
+            content=b"us data",
+        )
+    assert eu.status_code == 500  # the tenant's code did not catch the refusal
+    assert us.status_code == 200
+    await wait_for_state_by_path(
+        delivering, headers, "us-tenant", us.json()["delivery"], "succeeded"
+    )
+
+    path = API.replace("deliverer", "eu-tenant") + "/deliveries?state=dead"
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        dead = (await admin.get(path, headers=headers)).json()["deliveries"]
+    assert len(dead) == 1
+    assert dead[0]["last_error"].startswith("region_denied")
+    assert dead[0]["attempts"] == 0
+    assert [r.body for r in upstream.requests_to("/regional")] == [b"us data"]
+
+
+async def wait_for_state_by_path(
+    dispatcher: DispatcherProcess,
+    headers: dict[str, str],
+    tenant: str,
+    delivery_id: str,
+    wanted: str,
+) -> None:
+    async with httpx.AsyncClient(base_url=dispatcher.admin_url or "") as admin:
+        await wait_for_state_by(admin, headers, tenant, delivery_id, wanted)
 
 
 # Last: it ends the module's dispatcher with kill -9.
