@@ -38,6 +38,7 @@ from dispatcher.errors import (
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.outbound import EgressGateway, EgressPolicy
+from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.pool import WorkerPool
 from dispatcher.ratelimit import RateLimiter
 from dispatcher.registry import Registry
@@ -85,7 +86,9 @@ class Dispatcher:
         sink = AsyncDeliverySink(self.delivery_store, self.delivery_wake)
         networks = [ipaddress.ip_network(n) for n in settings.private_egress]
         regions = dict(settings.egress_regions)
-        self.gateway = EgressGateway(EgressPolicy(networks, regions), sink)
+        self.outbound_limits = OutboundLimits()
+        policy = EgressPolicy(networks, regions)
+        self.gateway = EgressGateway(policy, sink, self.outbound_limits)
         self.pool = WorkerPool(
             settings, self.tenant_log, sandbox, self.launcher, self.gateway
         )
@@ -109,6 +112,11 @@ class Dispatcher:
             self.circuits_of,
         )
         self.admin_port = port
+
+    def outbound_rate(self, tenant_id: str, host: str) -> float:
+        """Calls per second the tenant may make to ``host`` (0: no limit)."""
+        tenant = self.directory.get(tenant_id)
+        return tenant.config.egress.rate_limits.get(host, 0.0) if tenant else 0.0
 
     def circuits_of(self, tenant: str) -> list[dict[str, object]]:
         """The tenant's circuit breakers, once deliveries are running."""
@@ -150,6 +158,8 @@ class Dispatcher:
             self.delivery_store,
             self.delivery_wake,
             time_scale=self.settings.delivery_time_scale,
+            limits=self.outbound_limits,
+            rate_of=self.outbound_rate,
         )
         self.background.append(asyncio.create_task(self.delivery_loop.run()))
         if self.settings.watch:

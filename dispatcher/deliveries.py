@@ -32,6 +32,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import httpx
 import msgspec
 
 from dispatcher.circuits import CircuitBreakers
+from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.tenants import RetryPolicy, Tenant
 from sandbox_runner import frames
 
@@ -325,9 +327,14 @@ class DeliveryLoop:
         wake: asyncio.Event,
         time_scale: float = 1.0,
         poll_s: float = 0.5,
+        limits: OutboundLimits | None = None,
+        rate_of: Callable[[str, str], float] = lambda tenant, host: 0.0,
     ) -> None:
         self.store = store
         self.wake = wake
+        self.limits = limits or OutboundLimits()
+        # Calls per second a tenant may make to a host (0: no limit).
+        self.rate_of = rate_of
         self.client = httpx.AsyncClient(follow_redirects=False, timeout=30)
         # Below 1, every delay shrinks by that factor: tests compress hours
         # of backoff into seconds through configuration, not by waiting.
@@ -361,9 +368,13 @@ class DeliveryLoop:
             pass
 
     async def attempt_unless_open(self, delivery: Delivery) -> None:
-        """Attempt a delivery, or hold it while its host's circuit is open."""
+        """Attempt a delivery, or hold it: circuit open, or over the rate."""
         host = urlsplit(delivery.url).hostname or ""
         blocked = self.circuits.blocked_until(delivery.tenant, host, time.time())
+        if blocked is None:
+            rate = self.rate_of(delivery.tenant, host)
+            wait_s = self.limits.wait_for(delivery.tenant, host, rate)
+            blocked = time.time() + wait_s if wait_s else None
         if blocked is not None:
             await asyncio.to_thread(self.store.postpone, delivery, blocked)
             return
@@ -386,6 +397,9 @@ class DeliveryLoop:
             )
             status = response.status_code
             retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if status == 429 and retry_after:
+                host = urlsplit(delivery.url).hostname or ""
+                self.limits.slow_down(delivery.tenant, host, retry_after)
             error = None if status < 300 else f"upstream answered {status}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]

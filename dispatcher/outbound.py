@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.tenants import Tenant
 from sandbox_runner import frames
 
@@ -35,6 +36,8 @@ log = logging.getLogger("dispatcher.outbound")
 
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_TIMEOUT_S = 60.0
+# How long ctx.fetch waits for its turn under a rate limit before raising.
+MAX_WAIT_S = 10.0
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -135,9 +138,15 @@ async def resolve(host: str, port: int) -> list[str]:
 class EgressGateway:
     """Fetches and stores deliveries for tenant code; see the module note."""
 
-    def __init__(self, policy: EgressPolicy, deliveries: DeliverySink) -> None:
+    def __init__(
+        self,
+        policy: EgressPolicy,
+        deliveries: DeliverySink,
+        limits: OutboundLimits | None = None,
+    ) -> None:
         self.policy = policy
         self.deliveries = deliveries
+        self.limits = limits or OutboundLimits()
         # Outbound calls per (tenant, outcome): made, refused, failed, stored.
         self.counts: Counter[tuple[str, str]] = Counter()
         self.client = httpx.AsyncClient(
@@ -172,9 +181,26 @@ class EgressGateway:
         self.counts[tenant.id, "failed" if result.error else "made"] += 1
         return result
 
+    async def wait_turn(self, tenant: Tenant, host: str) -> bool:
+        """Wait for the tenant's turn at ``host``; False past MAX_WAIT_S."""
+        rate = tenant.config.egress.rate_limits.get(host, 0.0)
+        waited = 0.0
+        while wait_s := self.limits.wait_for(tenant.id, host, rate):
+            if waited + wait_s > MAX_WAIT_S:
+                return False
+            await asyncio.sleep(wait_s)
+            waited += wait_s
+        return True
+
     async def fetch(
         self, tenant: Tenant, frame: frames.Outbound
     ) -> frames.OutboundResult:
+        host = urlsplit(frame.url).hostname or ""
+        if not await self.wait_turn(tenant, host):
+            message = (
+                f"over the rate limit for {host!r} for longer than {MAX_WAIT_S:g} s"
+            )
+            return refused(frame, "rate_limited", message)
         timeout = min(max(frame.timeout_s, 0.1), MAX_TIMEOUT_S)
         request = self.client.build_request(
             frame.method, frame.url, headers=frame.headers, content=frame.body
@@ -189,6 +215,10 @@ class EgressGateway:
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
         ]
+        if response.status_code == 429:
+            pause = retry_after_s(response.headers.get("retry-after"))
+            if pause:
+                self.limits.slow_down(tenant.id, host, pause)
         log.info(
             "tenant %s: fetch %s %s -> %d",
             tenant.id,
@@ -215,6 +245,14 @@ async def read_capped(response: httpx.Response) -> bytes:
     finally:
         await response.aclose()
     return b"".join(chunks)
+
+
+def retry_after_s(value: str | None) -> float:
+    """Seconds from a Retry-After header in its delta-seconds form, else 0."""
+    try:
+        return max(0.0, float((value or "").strip()))
+    except ValueError:
+        return 0.0
 
 
 class DeliverySink(Protocol):

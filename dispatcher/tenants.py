@@ -84,6 +84,8 @@ class Egress(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     allow: list[str] = []
     max_subrequests: Annotated[int, Meta(ge=0, le=1000)] = 50
+    # Calls per second to a host, e.g. {"api.notion.com" = 3}; none: no limit.
+    rate_limits: dict[str, Annotated[float, Meta(gt=0)]] = {}
 
 
 class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

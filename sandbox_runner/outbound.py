@@ -113,6 +113,7 @@ def raise_for_refusal(result: frames.OutboundResult) -> None:
     """Turn a refused or failed call into the exception tenant code sees."""
     if not result.error:
         return
-    if result.error in ("egress_denied", "budget_exceeded", "region_denied"):
+    refusals = ("egress_denied", "budget_exceeded", "region_denied", "rate_limited")
+    if result.error in refusals:
         raise OutboundRefused(f"{result.error}: {result.message}")
     raise OutboundFailed(f"{result.error}: {result.message}")

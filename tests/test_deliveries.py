@@ -35,6 +35,12 @@ def start(base: Path) -> DispatcherProcess:
         toml = (source / "tenant.toml").read_text()
         patient = toml.replace("max_attempts = 3", "max_attempts = 1000")
         (tenants / "patient" / "tenant.toml").write_text(patient)
+        shutil.copytree(source, tenants / "throttled")
+        (tenants / "throttled" / "tenant.toml").write_text(
+            'script = "worker.py"\n[egress]\nallow = ["127.0.0.1"]\n'
+            'max_subrequests = 20\nrate_limits = {"127.0.0.1" = 2}\n'
+            "[retry]\nmax_attempts = 50\n"
+        )
         for region in ("eu", "us"):
             shutil.copytree(source, tenants / f"{region}-tenant")
             placed = f'region = "{region}"\n' + toml
@@ -442,6 +448,66 @@ async def wait_for_state_by_path(
 ) -> None:
     async with httpx.AsyncClient(base_url=dispatcher.admin_url or "") as admin:
         await wait_for_state_by(admin, headers, tenant, delivery_id, wanted)
+
+
+THROTTLED = {"x-customer-id": "throttled"}
+
+
+def most_in_any_second(times: list[float]) -> int:
+    """The largest number of requests inside any one-second window."""
+    return max(
+        sum(1 for other in times if start <= other < start + 0.98) for start in times
+    )
+
+
+async def test_outbound_rate_limit_spreads_fetches(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """2 calls/s to a host: ten fetches all succeed, never 3 in one second."""
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=30) as http:
+        response = await http.post(
+            "/fetch-many",
+            params={"to": f"{upstream.url}/paced", "n": "10"},
+            headers=THROTTLED,
+        )
+
+    assert response.json()["results"] == ["ok"] * 10
+    assert most_in_any_second([r.at for r in upstream.requests_to("/paced")]) <= 2
+
+
+async def test_deliveries_over_the_rate_limit_arrive_later(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """Deliveries past the limit are put back, never dropped."""
+    async with httpx.AsyncClient(
+        base_url=delivering.url, headers=THROTTLED, timeout=30
+    ) as http:
+        for number in range(6):
+            await deliver(http, f"{upstream.url}/later", b"%d" % number)
+
+    deadline = time.monotonic() + 10
+    while len(upstream.requests_to("/later")) < 6 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    times = [r.at for r in upstream.requests_to("/later")]
+    assert len(times) == 6
+    assert most_in_any_second(times) <= 2
+
+
+async def test_upstream_retry_after_pauses_the_tenant_for_that_host(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """A 429 with Retry-After: 3 - nothing more to that host for 3 s."""
+    upstream.answer(429, headers={"retry-after": "3"})
+    async with httpx.AsyncClient(
+        base_url=delivering.url, headers=THROTTLED, timeout=30
+    ) as http:
+        first = await http.post("/fetch", params={"to": f"{upstream.url}/busy"})
+        second = await http.post("/fetch", params={"to": f"{upstream.url}/busy"})
+
+    assert first.json()["status"] == 429
+    assert second.json()["status"] == 200
+    earlier, later = upstream.requests_to("/busy")
+    assert later.at - earlier.at >= 2.9
 
 
 # Last: it ends the module's dispatcher with kill -9.
