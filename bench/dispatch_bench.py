@@ -62,6 +62,8 @@ SWITCHYARD_1 = "switchyard, 1 tenant"
 SWITCHYARD_100 = "switchyard, 100 tenants round-robin"
 SWITCHYARD_1000 = "switchyard, 1,000 tenants round-robin"
 SWITCHYARD_LOG = "switchyard with access log, 1 tenant"
+SWITCHYARD_LIMITED = "switchyard, 1 tenant with a rate limit (not exceeded)"
+LIMITED_TENANT = "limited"
 PEER_1 = "workerd, 1 tenant"
 PEER_100 = "workerd, 100 tenants round-robin"
 
@@ -138,12 +140,13 @@ def run_phases(servers: Servers, folder: Path, args: argparse.Namespace) -> list
     """Throughput, then capacity on the same dispatcher, then cold starts."""
     tenants = [f"c{index}" for index in range(args.warm_tenants)]
     write_tenants(folder / "tenants", len(tenants))
+    write_limited_tenant(folder / "tenants" / LIMITED_TENANT)
     cases = start_throughput_cases(servers, folder, args)
     dispatcher = next(case.server for case in cases if case.name == SWITCHYARD_1)
     assert dispatcher is not None
 
     log_progress(f"warming {max(ROTATIONS):,} tenants before the rounds")
-    warm_tenants(dispatcher.port, tenants[: max(ROTATIONS)])
+    warm_tenants(dispatcher.port, [*tenants[: max(ROTATIONS)], LIMITED_TENANT])
     measure_rounds(cases, args.rounds, args.seconds)
     rows = throughput_rows(cases)
 
@@ -180,12 +183,32 @@ def start_throughput_cases(
         Case(SWITCHYARD_100, quiet, hundred, [RAW, FASTAPI, PEER_100], 0.6, mode),
         Case(SWITCHYARD_1000, quiet, thousand, [RAW, FASTAPI], note=mode),
         Case(SWITCHYARD_LOG, logged, one, [RAW, SWITCHYARD_1], note="zygote"),
+        Case(
+            SWITCHYARD_LIMITED,
+            quiet,
+            limited_traffic(one),
+            [SWITCHYARD_1],
+            0.95,
+            "token bucket checked on every request, never empty",
+        ),
     ]
     for name, wrk_args in ((PEER_1, one), (PEER_100, hundred)):
         case = Case(name, peer, wrk_args, [RAW], note="all tenants on one thread")
         case.label, case.optional, case.unavailable = "workerd", True, reason
         cases.append(case)
     return cases
+
+
+def write_limited_tenant(folder: Path) -> None:
+    """A tenant like c0, with a rate limit far above what wrk can send."""
+    shutil.copytree(folder.parent / "c0", folder)
+    with (folder / "tenant.toml").open("a") as config:
+        config.write("\n[rate_limit]\nrequests_per_second = 1e9\nburst = 1000000000\n")
+
+
+def limited_traffic(one: list[str]) -> list[str]:
+    """wrk arguments for the single tenant, aimed at the limited one."""
+    return ["-H", f"x-customer-id: {LIMITED_TENANT}", *one[2:]]
 
 
 def switchyard_options(args: argparse.Namespace) -> list[str]:
