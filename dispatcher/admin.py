@@ -118,9 +118,14 @@ def build_admin_app(
     deliveries: DeliveryStore | None = None,
     delivery_wake: asyncio.Event | None = None,
     circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
+    status: Callable[[], dict[str, Any]] | None = None,
 ) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
     app = FastAPI(title="Switchyard management API", version="1")
+
+    @app.get("/status", summary="Every tenant: version, state, counts, limits")
+    async def get_status() -> dict[str, Any]:
+        return status() if status else {"tenants": []}
 
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:

@@ -45,6 +45,7 @@ from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
+from dispatcher.status import TenantStats, status_report
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
 from sandbox_runner import frames
@@ -94,6 +95,7 @@ class Dispatcher:
         )
         self.directory = TenantDirectory(self.pool)
         self.rate_limiter = RateLimiter()
+        self.stats = TenantStats()
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
         # The management API, answered only on its own listener's port.
@@ -110,8 +112,13 @@ class Dispatcher:
             self.delivery_store,
             self.delivery_wake,
             self.circuits_of,
+            self.status,
         )
         self.admin_port = port
+
+    def status(self) -> dict[str, Any]:
+        """Every tenant's state, counts and limits, for ``GET /status``."""
+        return status_report(self.directory, self.pool, self.stats, self.gateway)
 
     def outbound_rate(self, tenant_id: str, host: str) -> float:
         """Calls per second the tenant may make to ``host`` (0: no limit)."""
@@ -204,6 +211,8 @@ class Dispatcher:
             await send_error(
                 send, DispatchError("internal error"), tenant_id, request_id
             )
+        if tenant_id in self.directory.tenants:
+            self.stats.count(tenant_id, code)
         if self.settings.access_log:
             self.log_access(scope, tenant_id, status, code, started, request_id)
 

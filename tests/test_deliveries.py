@@ -510,6 +510,29 @@ async def test_upstream_retry_after_pauses_the_tenant_for_that_host(
     assert later.at - earlier.at >= 2.9
 
 
+async def test_status_shows_each_tenants_region_limits_and_counts(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """Operators see region, rate limits and outbound outcomes per tenant."""
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as http:
+        await http.post(
+            "/deliver",
+            params={"to": f"{upstream.url}/status"},
+            headers={"x-customer-id": "eu-tenant"},
+            content=b"x",
+        )
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        report = (await admin.get("/status", headers=headers)).json()
+
+    by_id = {t["tenant"]: t for t in report["tenants"]}
+    assert by_id["eu-tenant"]["region"] == "eu"
+    assert by_id["eu-tenant"]["outbound"]["region_denied"] >= 1
+    assert by_id["eu-tenant"]["requests"]["tenant_error"] >= 1
+    assert by_id["throttled"]["egress_rate_limits"] == {"127.0.0.1": 2}
+    assert by_id["deliverer"]["state"] in ("warm", "idle")
+
+
 # Last: it ends the module's dispatcher with kill -9.
 async def test_pending_deliveries_survive_kill_9_and_arrive_once(
     base_dir: Path, delivering: DispatcherProcess, upstream: FakeUpstream
