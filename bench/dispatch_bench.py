@@ -215,7 +215,9 @@ def switchyard_options(args: argparse.Namespace) -> list[str]:
     return [
         "--no-access-log",
         "--max-warm-workers",
-        str(max(2000, args.warm_tenants)),
+        # Room for every generated tenant and the rate-limited one: one
+        # short, and a round-robin over them evicts on every request.
+        str(max(2000, args.warm_tenants) + 1),
     ]
 
 
