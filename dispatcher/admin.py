@@ -138,6 +138,10 @@ def build_admin_app(
     return BearerAuth(app, token)
 
 
+def script_not_found(script: str) -> AdminError:
+    return AdminError(404, "script_not_found", f"no script {script!r}", script)
+
+
 def checked_script(namespace: str, script: str, deployments: Deployments) -> str:
     """Refuse bad names before any file-system or database access."""
     if not is_valid_tenant_id(script):
@@ -258,7 +262,7 @@ def add_script_routes(app: FastAPI, deployments: Deployments) -> None:
         name = checked_script(namespace, script, deployments)
         version = registry.active_version(namespace, name)
         if version is None:
-            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+            raise script_not_found(name)
         return describe(version)
 
     @app.get(SCRIPTS, summary="Every script, optionally those with a tag")
@@ -275,7 +279,7 @@ def add_script_routes(app: FastAPI, deployments: Deployments) -> None:
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
         if not await deployments.remove(name):
-            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+            raise script_not_found(name)
         return {"deleted": name}
 
     @app.patch(SCRIPT + "/settings", summary="Change vars, secret names, limits, tags")
@@ -285,7 +289,7 @@ def add_script_routes(app: FastAPI, deployments: Deployments) -> None:
         name = checked_script(namespace, script, deployments)
         current = registry.active_version(namespace, name)
         if current is None:
-            raise AdminError(404, "script_not_found", f"no script {name!r}", name)
+            raise script_not_found(name)
         settings = merged_settings(current.settings, await read_patch(request))
         check_binding_names(settings)
         try:
@@ -327,9 +331,7 @@ def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:
         try:
             registry.put_secret(namespace, name, secret, value)
         except ScriptNotFound:
-            raise AdminError(
-                404, "script_not_found", f"no script {name!r}", name
-            ) from None
+            raise script_not_found(name) from None
         await deployments.reload_secrets(name)
         return {"name": secret, "type": "secret_text"}
 
@@ -339,9 +341,7 @@ def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:
         try:
             names = registry.secret_names(namespace, name)
         except ScriptNotFound:
-            raise AdminError(
-                404, "script_not_found", f"no script {name!r}", name
-            ) from None
+            raise script_not_found(name) from None
         return {"secrets": [{"name": n, "type": "secret_text"} for n in names]}
 
     @app.delete(SCRIPT + "/secrets/{secret}", summary="Delete a secret")
@@ -390,9 +390,7 @@ def add_version_routes(app: FastAPI, deployments: Deployments) -> None:
         try:
             versions = registry.versions(namespace, name)
         except ScriptNotFound:
-            raise AdminError(
-                404, "script_not_found", f"no script {name!r}", name
-            ) from None
+            raise script_not_found(name) from None
         return {"versions": [describe(v) for v in versions]}
 
     @app.post(

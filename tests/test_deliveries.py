@@ -347,7 +347,7 @@ async def test_adapter_with_a_bad_mapping_path_is_refused_at_deploy(
     headers = {"authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
         response = await admin.put(
-            "/accounts/local/workers/dispatch/namespaces/default/scripts/broken-adapter",
+            API.replace("deliverer", "broken-adapter"),
             files=files,
             headers=headers,
         )

@@ -440,7 +440,10 @@ def test_invalid_script_names_are_refused(
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        (ScriptSettings(vars={"REGION": ["eu"]}), r"got `array` - at `\$.vars"),  # type: ignore[dict-item]
+        (
+            ScriptSettings(vars={"REGION": ["eu"]}),  # type: ignore[dict-item]
+            r"got `array` - at `\$.vars",
+        ),
         (ScriptSettings(limits={"timeout_ms": True}), r"got `bool` - at `\$.limits"),
         (ScriptSettings(vars={"9LIVES": 1}), "binding name '9LIVES'"),
         (ScriptSettings(secret_names=["A-B"]), "binding name 'A-B'"),
