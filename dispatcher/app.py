@@ -197,7 +197,7 @@ class Dispatcher:
         try:
             tenant_id = tenant_id_of(scope)
             tenant = self.find_tenant(tenant_id)
-            self.rate_limiter.check(tenant)
+            self.rate_limiter.check(tenant, scope["path"])
             request = await self.read_request(scope, receive, request_id)
             response = await self.pool.dispatch(tenant, request)
             status, code = response.status, ""

@@ -1,6 +1,8 @@
 """Inbound rate limits: one token bucket per tenant, before any worker.
 
-A tenant's ``[rate_limit]`` gives a rate and a burst. Each request takes a
+A tenant's ``[rate_limit]`` gives a rate and a burst, and optionally a rate
+per route prefix (the longest matching prefix applies, beside the tenant's
+own limit). Each request takes a
 token; an empty bucket is a 429 ``rate_limited`` with ``Retry-After`` and
 the ``RateLimit-Policy``/``RateLimit`` headers, answered by the dispatcher
 without touching a worker. Buckets are keyed by tenant id, not by version,
@@ -17,7 +19,7 @@ import math
 import time
 
 from dispatcher.errors import RateLimited
-from dispatcher.tenants import RateLimit, Tenant
+from dispatcher.tenants import Tenant
 
 
 class TokenBucket:
@@ -47,36 +49,41 @@ class RateLimiter:
     def __init__(self) -> None:
         self.buckets: dict[str, TokenBucket] = {}
 
-    def check(self, tenant: Tenant) -> None:
+    def check(self, tenant: Tenant, path: str = "/") -> None:
         """Let the request through, or raise RateLimited."""
         limit = tenant.config.rate_limit
-        if limit.requests_per_second <= 0:
-            return
-        bucket = self.bucket_for(tenant.id, limit)
+        if limit.requests_per_second > 0:
+            burst = limit.burst or max(1, math.ceil(limit.requests_per_second))
+            self.take(tenant.id, limit.requests_per_second, burst)
+        if limit.routes:
+            prefix = longest_prefix(path, limit.routes)
+            if prefix is not None:
+                rate = limit.routes[prefix]
+                self.take(f"{tenant.id} {prefix}", rate, max(1, math.ceil(rate)))
+
+    def take(self, key: str, rate: float, burst: int) -> None:
+        bucket = self.buckets.get(key)
+        if bucket is None:
+            bucket = self.buckets[key] = TokenBucket(rate, burst)
+        elif (bucket.rate, bucket.burst) != (rate, burst):
+            bucket.rate, bucket.burst = rate, burst
         wait_s = bucket.take(time.monotonic())
         if wait_s:
-            raise rate_limited(limit, bucket.burst, wait_s)
-
-    def bucket_for(self, tenant_id: str, limit: RateLimit) -> TokenBucket:
-        burst = limit.burst or max(1, math.ceil(limit.requests_per_second))
-        bucket = self.buckets.get(tenant_id)
-        if bucket is None:
-            bucket = self.buckets[tenant_id] = TokenBucket(
-                limit.requests_per_second, burst
-            )
-        elif (bucket.rate, bucket.burst) != (limit.requests_per_second, burst):
-            bucket.rate, bucket.burst = limit.requests_per_second, burst
-        return bucket
+            raise rate_limited(rate, burst, wait_s)
 
 
-def rate_limited(limit: RateLimit, burst: int, wait_s: float) -> RateLimited:
+def longest_prefix(path: str, routes: dict[str, float]) -> str | None:
+    """The longest route prefix ``path`` starts with, if any."""
+    matches = [prefix for prefix in routes if path.startswith(prefix)]
+    return max(matches, key=len, default=None)
+
+
+def rate_limited(rate: float, burst: int, wait_s: float) -> RateLimited:
     reset = max(1, math.ceil(wait_s))
-    error = RateLimited(
-        f"over the limit of {limit.requests_per_second:g} requests a second"
-    )
+    error = RateLimited(f"over the limit of {rate:g} requests a second")
     error.headers = (
         ("retry-after", str(reset)),
-        ("ratelimit-policy", f"{limit.requests_per_second:g};w=1;burst={burst}"),
+        ("ratelimit-policy", f"{rate:g};w=1;burst={burst}"),
         ("ratelimit", f"limit={burst}, remaining=0, reset={reset}"),
     )
     return error

@@ -98,10 +98,15 @@ class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class RateLimit(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """Inbound requests a second (0: no limit) and how many may come at once."""
+    """Inbound requests a second (0: no limit) and how many may come at once.
+
+    ``routes`` adds a limit of its own, in requests a second, for paths
+    under a prefix: ``routes = {"/webhooks/slack" = 2}``.
+    """
 
     requests_per_second: Annotated[float, Meta(ge=0)] = 0.0
     burst: Annotated[int, Meta(ge=0)] = 0
+    routes: dict[str, Annotated[float, Meta(gt=0)]] = {}
 
 
 class TenantConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

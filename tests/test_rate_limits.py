@@ -52,3 +52,17 @@ async def test_a_tenant_without_limits_is_unaffected(client: httpx.AsyncClient) 
 
     assert {r.status_code for r in free} == {200}
     assert 429 in {r.status_code for r in limited}
+
+
+async def test_a_route_prefix_has_a_limit_of_its_own(client: httpx.AsyncClient) -> None:
+    """1 req/s under /slow-lane: one of five passes, though the tenant allows 5."""
+    await asyncio.sleep(1.1)  # earlier tests may have spent the tenant's bucket
+    headers = {"x-customer-id": "limited"}
+
+    responses = await asyncio.gather(
+        *(client.get("/slow-lane/x", headers=headers) for _ in range(5))
+    )
+
+    assert sorted(r.status_code for r in responses) == [200, 429, 429, 429, 429]
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["ratelimit-policy"] == "1;w=1;burst=1"
