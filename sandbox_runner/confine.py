@@ -49,6 +49,7 @@ has in its Ready frame.
 from __future__ import annotations
 
 import ctypes
+import functools
 import io
 import os
 import resource
@@ -127,47 +128,55 @@ def confine(channel: FrameChannel, boot: Boot) -> list[str]:
     close_inherited_fds(keep=(0, 1, 2, channel.read_fd, channel.write_fd))
     os.environ.clear()
 
-    as_root = os.geteuid() == 0 and boot.uid is not None
-    if as_root:
-        layers += isolate_filesystem(boot)
+    uid = boot.uid if os.geteuid() == 0 else None
+    readable = paths_to_read(boot)
+    if uid is not None:
+        layers += isolate_filesystem(boot, uid, readable)
     os.chdir(boot.tenant_dir)
     os.environ["TMPDIR"] = boot.scratch_dir
-    set_resource_limits(boot, own_uid=as_root)
+    set_resource_limits(boot, own_uid=uid is not None)
 
-    if as_root and boot.uid is not None:
-        drop_privileges(boot.uid)
+    if uid is not None:
+        drop_privileges(uid)
         set_not_dumpable()
         # The kernel clears the parent-death signal on a change of uid.
         die_with_parent(channel.parent_pid)
-        layers.append(f"uid {boot.uid}")
+        layers.append(f"uid {uid}")
     set_no_new_privs()
-    layers += restrict_paths(boot)
+    layers += restrict_paths(boot, readable)
     return layers
 
 
-def isolate_filesystem(boot: Boot) -> list[str]:
+def isolate_filesystem(boot: Boot, uid: int, readable: list[str]) -> list[str]:
     """Private mounts: scratch tmpfs, interpreter reachable after the drop."""
-    assert boot.uid is not None
     enter_private_mount_namespace()
-    covered = expose_to_others([*paths_to_read(boot), boot.scratch_dir])
-    mount_scratch(boot.scratch_dir, boot.uid)
+    covered = expose_to_others([*readable, boot.scratch_dir])
+    mount_scratch(boot.scratch_dir, uid)
     return ["mount namespace", *(f"covered {path}" for path in covered)]
 
 
 def paths_to_read(boot: Boot) -> list[str]:
     """What the worker reads from: interpreter, libraries, its folder."""
+    return [*interpreter_paths(), boot.tenant_dir]
+
+
+@functools.cache
+def interpreter_paths() -> list[str]:
+    """The interpreter's and the runner's folders that exist.
+
+    The same for every worker: the zygote computes it once before forking.
+    """
     import sandbox_runner
 
-    interpreter = [sys.base_prefix, sys.prefix, *sys.path]
-    runner = [os.path.dirname(os.path.abspath(sandbox_runner.__file__))]
-    wanted = [*interpreter, *runner, boot.tenant_dir]
+    runner = os.path.dirname(os.path.abspath(sandbox_runner.__file__))
+    wanted = [sys.base_prefix, sys.prefix, *sys.path, runner]
     return [path for path in dict.fromkeys(wanted) if path and os.path.exists(path)]
 
 
-def restrict_paths(boot: Boot) -> list[str]:
+def restrict_paths(boot: Boot, readable: list[str]) -> list[str]:
     """Apply Landlock; an empty list when the kernel has none."""
     result = landlock.restrict_self(
-        read_only=[*paths_to_read(boot), *SYSTEM_READ_PATHS],
+        read_only=[*readable, *SYSTEM_READ_PATHS],
         read_write=[boot.scratch_dir, os.devnull],
     )
     if not result.abi:

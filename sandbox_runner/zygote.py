@@ -30,7 +30,7 @@ import socket
 import sys
 
 from sandbox_runner import frames, serve
-from sandbox_runner.confine import die_with_parent
+from sandbox_runner.confine import die_with_parent, interpreter_paths
 
 MAX_MESSAGE_BYTES = 256
 FDS_PER_WORKER = 3
@@ -45,6 +45,7 @@ def main() -> None:
     signal.set_wakeup_fd(wakeup_write)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
 
+    interpreter_paths()  # the same for every worker: computed once, here
     gc.collect()
     gc.freeze()
     control.send(b"ready")
