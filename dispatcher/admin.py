@@ -31,6 +31,7 @@ from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
 from dispatcher.registry import (
+    InvalidInput,
     RegistryError,
     ScriptNotFound,
     ScriptSettings,
@@ -130,6 +131,18 @@ def build_admin_app(
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:
         return error_response(exc, os.urandom(8).hex())
+
+    # Registry errors a caller can act on, for every route at once.
+    @app.exception_handler(ScriptNotFound)
+    async def on_missing_script(request: Request, exc: ScriptNotFound) -> Response:
+        script = str(request.path_params.get("script", ""))
+        return error_response(script_not_found(script), os.urandom(8).hex())
+
+    @app.exception_handler(InvalidInput)
+    async def on_invalid_input(request: Request, exc: InvalidInput) -> Response:
+        script = str(request.path_params.get("script", ""))
+        error = AdminError(400, "invalid_input", str(exc), script)
+        return error_response(error, os.urandom(8).hex())
 
     add_script_routes(app, deployments)
     add_secret_routes(app, deployments)
@@ -328,20 +341,14 @@ def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:
         name = checked_script(namespace, script, deployments)
         check_secret_name(secret)
         value = secret_value_of(await read_limited(request), request)
-        try:
-            registry.put_secret(namespace, name, secret, value)
-        except ScriptNotFound:
-            raise script_not_found(name) from None
+        registry.put_secret(namespace, name, secret, value)
         await deployments.reload_secrets(name)
         return {"name": secret, "type": "secret_text"}
 
     @app.get(SCRIPT + "/secrets", summary="The names of the script's secrets")
     async def list_secrets(account: str, namespace: str, script: str) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        try:
-            names = registry.secret_names(namespace, name)
-        except ScriptNotFound:
-            raise script_not_found(name) from None
+        names = registry.secret_names(namespace, name)
         return {"secrets": [{"name": n, "type": "secret_text"} for n in names]}
 
     @app.delete(SCRIPT + "/secrets/{secret}", summary="Delete a secret")
@@ -387,10 +394,7 @@ def add_version_routes(app: FastAPI, deployments: Deployments) -> None:
         account: str, namespace: str, script: str
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        try:
-            versions = registry.versions(namespace, name)
-        except ScriptNotFound:
-            raise script_not_found(name) from None
+        versions = registry.versions(namespace, name)
         return {"versions": [describe(v) for v in versions]}
 
     @app.post(
