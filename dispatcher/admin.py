@@ -26,6 +26,7 @@ import msgspec
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
@@ -131,6 +132,14 @@ def build_admin_app(
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:
         return error_response(exc, os.urandom(8).hex())
+
+    # What the framework refuses itself (a multipart part over its size,
+    # say) is answered in the same shape as everything else.
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        script = str(request.path_params.get("script", ""))
+        error = AdminError(exc.status_code, "invalid_request", str(exc.detail), script)
+        return error_response(error, os.urandom(8).hex())
 
     # Registry errors a caller can act on, for every route at once.
     @app.exception_handler(ScriptNotFound)

@@ -16,6 +16,7 @@ event loop is single-threaded, so no lock is needed.
 from __future__ import annotations
 
 import math
+import posixpath
 import time
 
 from dispatcher.errors import RateLimited
@@ -52,14 +53,16 @@ class RateLimiter:
     def check(self, tenant: Tenant, path: str = "/") -> None:
         """Let the request through, or raise RateLimited."""
         limit = tenant.config.rate_limit
-        if limit.requests_per_second > 0:
-            burst = limit.burst or max(1, math.ceil(limit.requests_per_second))
-            self.take(tenant.id, limit.requests_per_second, burst)
+        # The route's bucket first: a request it refuses must not spend the
+        # tenant's own budget, or one flooded route would starve the rest.
         if limit.routes:
             prefix = longest_prefix(path, limit.routes)
             if prefix is not None:
                 rate = limit.routes[prefix]
                 self.take(f"{tenant.id} {prefix}", rate, max(1, math.ceil(rate)))
+        if limit.requests_per_second > 0:
+            burst = limit.burst or max(1, math.ceil(limit.requests_per_second))
+            self.take(tenant.id, limit.requests_per_second, burst)
 
     def take(self, key: str, rate: float, burst: int) -> None:
         bucket = self.buckets.get(key)
@@ -73,8 +76,17 @@ class RateLimiter:
 
 
 def longest_prefix(path: str, routes: dict[str, float]) -> str | None:
-    """The longest route prefix ``path`` starts with, if any."""
-    matches = [prefix for prefix in routes if path.startswith(prefix)]
+    """The longest route prefix ``path`` falls under, whole segments only.
+
+    The path is normalised first (``//a``, ``/./a``, ``/x/../a`` are ``/a``):
+    a tenant's code may well treat them alike, so the limit must too.
+    """
+    path = "/" + posixpath.normpath(path).lstrip("/")
+    matches = [
+        prefix
+        for prefix in routes
+        if path == prefix.rstrip("/") or path.startswith(prefix.rstrip("/") + "/")
+    ]
     return max(matches, key=len, default=None)
 
 

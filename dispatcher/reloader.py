@@ -100,6 +100,7 @@ async def reload_tenant(
             serving.version if serving and not serving.problem else "nothing",
             exc,
         )
-        if serving is None:
+        if serving is None or serving.problem:
+            # No good version to keep: requests say what is wrong now.
             tenant.problem = str(exc)
             directory.tenants[tenant.id] = tenant

@@ -251,6 +251,19 @@ async def test_public_port_never_serves_the_management_api(
     assert error_of(response)["code"] == "missing_tenant_id"
 
 
+@pytest.mark.parametrize("suffix", ["/secrets", "/versions"])
+async def test_routes_on_a_missing_script_answer_404(
+    admin: httpx.AsyncClient, suffix: str
+) -> None:
+    """Every route that needs a script says so the same way."""
+    response = await admin.get(f"{BASE}/never-deployed{suffix}")
+
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["code"] == "script_not_found"
+    assert error["tenant"] == "never-deployed"
+
+
 async def test_deployed_tenants_survive_a_restart_with_their_secrets(
     base_dir: Path, api_dispatcher: DispatcherProcess, admin: httpx.AsyncClient
 ) -> None:
@@ -273,16 +286,3 @@ async def test_deployed_tenants_survive_a_restart_with_their_secrets(
         restarted.stop()
 
     assert survivor.json() == {"version": 9, "token": True}
-
-
-@pytest.mark.parametrize("suffix", ["/secrets", "/versions"])
-async def test_routes_on_a_missing_script_answer_404(
-    admin: httpx.AsyncClient, suffix: str
-) -> None:
-    """Every route that needs a script says so the same way."""
-    response = await admin.get(f"{BASE}/never-deployed{suffix}")
-
-    assert response.status_code == 404
-    error = error_of(response)
-    assert error["code"] == "script_not_found"
-    assert error["tenant"] == "never-deployed"

@@ -7,7 +7,7 @@ import collections
 
 import httpx
 
-from tests.conftest import error_of
+from tests.conftest import DispatcherProcess, error_of, raw_exchange
 
 
 async def burst(
@@ -66,3 +66,31 @@ async def test_a_route_prefix_has_a_limit_of_its_own(client: httpx.AsyncClient) 
     assert sorted(r.status_code for r in responses) == [200, 429, 429, 429, 429]
     refused = next(r for r in responses if r.status_code == 429)
     assert refused.headers["ratelimit-policy"] == "1;w=1;burst=1"
+
+
+async def test_a_flooded_route_does_not_spend_the_tenants_own_budget(
+    client: httpx.AsyncClient,
+) -> None:
+    """Requests the route limit refuses leave the tenant's tokens alone."""
+    await asyncio.sleep(1.1)
+    headers = {"x-customer-id": "limited"}
+
+    flooded = [await client.get("/slow-lane", headers=headers) for _ in range(5)]
+    others = [await client.get("/other", headers=headers) for _ in range(3)]
+
+    assert [r.status_code for r in flooded] == [200, 429, 429, 429, 429]
+    assert [r.status_code for r in others] == [200, 200, 200]
+
+
+async def test_route_limit_holds_for_paths_written_differently(
+    dispatcher: DispatcherProcess,
+) -> None:
+    """//slow-lane, /./slow-lane and /x/../slow-lane are the same route."""
+    await asyncio.sleep(1.1)
+    statuses = []
+    for path in (b"/slow-lane", b"//slow-lane", b"/./slow-lane", b"/x/../slow-lane"):
+        request = b"GET %s HTTP/1.1\r\nHost: t\r\nx-customer-id: limited\r\n\r\n" % path
+        answer = await asyncio.to_thread(raw_exchange, dispatcher.url, request)
+        statuses.append(int(answer.split(b" ")[1]))
+
+    assert statuses == [200, 429, 429, 429]
