@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any, Protocol
 
 import msgspec
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.deliveries import DeliveryStore
@@ -39,10 +41,17 @@ from dispatcher.registry import (
     ScriptVersion,
     VersionNotFound,
 )
+from dispatcher.tenant_log import LogLine, Tail, TenantLog
 from dispatcher.tenants import BINDING_NAME, is_valid_tenant_id
 
 SCRIPTS = "/accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts"
 SCRIPT = SCRIPTS + "/{script}"
+JSON = "application/json"
+METRICS_TYPE = CONTENT_TYPE_LATEST
+# Followers of one script's log at once; each holds a bounded queue.
+MAX_TAILS_PER_SCRIPT = 16
+# A comment line this often keeps proxies from closing a quiet tail.
+TAIL_KEEPALIVE_S = 15.0
 PYTHON_TYPES = ("text/x-python", "text/plain", "application/octet-stream")
 MAX_REQUEST_BYTES = 2 * 1024 * 1024
 
@@ -92,6 +101,11 @@ def error_response(error: AdminError, request_id: str) -> Response:
     return Response(orjson.dumps(body), error.status, headers, "application/json")
 
 
+# Probes a load balancer or an orchestrator sends without credentials. They
+# answer with states only ("ok", "ready"), never a tenant's name or data.
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+
+
 class BearerAuth:
     """ASGI wrapper: no token 401, a wrong one 403, compared in constant time."""
 
@@ -100,7 +114,8 @@ class BearerAuth:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        is_probe = scope.get("path") in UNAUTHENTICATED_PATHS
+        if scope["type"] == "http" and not (is_probe and scope["method"] == "GET"):
             given = dict(scope["headers"]).get(b"authorization")
             if given is None:
                 error = AdminError(401, "unauthorized", "a bearer token is required")
@@ -114,20 +129,29 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
+class Operations(Protocol):
+    """What the API asks of the running dispatcher beyond the registry."""
+
+    delivery_store: DeliveryStore
+    delivery_wake: asyncio.Event
+    tenant_log: TenantLog
+
+    def circuits_of(self, tenant: str) -> list[dict[str, object]]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None: ...
+
+    def metrics_text(self) -> bytes: ...
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]: ...
+
+
 def build_admin_app(
-    deployments: Deployments,
-    token: str,
-    deliveries: DeliveryStore | None = None,
-    delivery_wake: asyncio.Event | None = None,
-    circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
-    status: Callable[[], dict[str, Any]] | None = None,
+    deployments: Deployments, token: str, operations: Operations | None = None
 ) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
     app = FastAPI(title="Switchyard management API", version="1")
-
-    @app.get("/status", summary="Every tenant: version, state, counts, limits")
-    async def get_status() -> dict[str, Any]:
-        return status() if status else {"tenants": []}
 
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:
@@ -156,8 +180,90 @@ def build_admin_app(
     add_script_routes(app, deployments)
     add_secret_routes(app, deployments)
     add_version_routes(app, deployments)
-    add_delivery_routes(app, deployments, deliveries, delivery_wake, circuit_breakers)
+    if operations is not None:
+        add_delivery_routes(app, deployments, operations)
+        add_operations_routes(app, deployments, operations)
     return BearerAuth(app, token)
+
+
+def add_operations_routes(
+    app: FastAPI, deployments: Deployments, operations: Operations
+) -> None:
+    """Health, readiness, metrics, status and the live tail."""
+
+    @app.get("/healthz", summary="Alive: the dispatcher answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Ready: workers can start, state can be saved")
+    async def readyz() -> Response:
+        ready, checks = await operations.readiness()
+        body = {"status": "ready" if ready else "not ready", "checks": checks}
+        return Response(orjson.dumps(body), 200 if ready else 503, None, JSON)
+
+    @app.get("/metrics", summary="Prometheus metrics, per tenant and host")
+    async def metrics() -> Response:
+        return Response(operations.metrics_text(), 200, None, METRICS_TYPE)
+
+    @app.get("/status", summary="Every tenant: version, state, counts, limits")
+    async def get_status() -> dict[str, Any]:
+        return operations.status()
+
+    @app.get("/status/{script}", summary="One tenant: status, recent logs, slow stacks")
+    async def get_tenant_status(script: str) -> dict[str, Any]:
+        name = checked_script(deployments.namespace, script, deployments)
+        detail = operations.tenant_detail(name)
+        if detail is None:
+            raise script_not_found(name)
+        return detail
+
+    @app.get(SCRIPT + "/tail", summary="Follow the script's log (Server-Sent Events)")
+    async def tail(
+        account: str, namespace: str, script: str, recent: int = 0
+    ) -> StreamingResponse:
+        name = checked_script(namespace, script, deployments)
+        if operations.tenant_detail(name) is None:
+            raise script_not_found(name)
+        tenant_log = operations.tenant_log
+        if len(tenant_log.tails.get(name, ())) >= MAX_TAILS_PER_SCRIPT:
+            raise AdminError(
+                429, "too_many_tails", f"{MAX_TAILS_PER_SCRIPT} tails follow it", name
+            )
+        history = tenant_log.recent(name)[-recent:] if recent > 0 else []
+        follower = tenant_log.follow(name)
+        return StreamingResponse(
+            tail_events(name, tenant_log, follower, history),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+
+async def tail_events(
+    name: str, tenant_log: TenantLog, follower: Tail, history: list[LogLine]
+) -> AsyncIterator[bytes]:
+    """The SSE stream of one follower; it stops following when the client goes."""
+    try:
+        yield b": following " + name.encode() + b"\n\n"
+        for line in history:
+            yield sse_event("log", {"type": "log", **asdict(line)})
+        while True:
+            try:
+                async with asyncio.timeout(TAIL_KEEPALIVE_S):
+                    event = await follower.events.get()
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            dropped = follower.take_dropped()
+            if dropped:
+                yield sse_event("dropped", {"type": "dropped", "dropped": dropped})
+            yield sse_event(str(event["type"]), event)
+    finally:
+        tenant_log.unfollow(name, follower)
+
+
+def sse_event(kind: str, data: dict[str, Any]) -> bytes:
+    """One Server-Sent Event; JSON has no raw line breaks, so one data line."""
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
 
 def script_not_found(script: str) -> AdminError:
@@ -435,39 +541,31 @@ def add_version_routes(app: FastAPI, deployments: Deployments) -> None:
 
 
 def add_delivery_routes(
-    app: FastAPI,
-    deployments: Deployments,
-    store: DeliveryStore | None,
-    wake: asyncio.Event | None,
-    circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
+    app: FastAPI, deployments: Deployments, operations: Operations
 ) -> None:
     """Deliveries and dead letters of a script: list, inspect, replay, discard."""
-
-    def the_store() -> DeliveryStore:
-        if store is None:
-            raise AdminError(503, "deliveries_unavailable", "no delivery store")
-        return store
+    store = operations.delivery_store
+    wake = operations.delivery_wake
 
     @app.get(SCRIPT + "/deliveries", summary="Deliveries, optionally by state")
     async def list_deliveries(
         account: str, namespace: str, script: str, state: str | None = None
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        found = await asyncio.to_thread(the_store().list, name, state)
+        found = await asyncio.to_thread(store.list, name, state)
         return {"deliveries": [d.summary() for d in found]}
 
     @app.get(SCRIPT + "/deliveries/circuits", summary="Circuit breakers by host")
     async def circuits(account: str, namespace: str, script: str) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        breakers = circuit_breakers(name) if circuit_breakers else []
-        return {"circuits": breakers}
+        return {"circuits": operations.circuits_of(name)}
 
     @app.get(SCRIPT + "/deliveries/{delivery_id}", summary="One delivery")
     async def get_delivery(
         account: str, namespace: str, script: str, delivery_id: str
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        delivery = await asyncio.to_thread(the_store().get, delivery_id)
+        delivery = await asyncio.to_thread(store.get, delivery_id)
         if delivery is None or delivery.tenant != name:
             raise AdminError(404, "delivery_not_found", "no such delivery", name)
         return delivery.summary()
@@ -475,9 +573,8 @@ def add_delivery_routes(
     @app.post(SCRIPT + "/deliveries/replay", summary="Replay every dead letter")
     async def replay_all(account: str, namespace: str, script: str) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        count = await asyncio.to_thread(the_store().replay, name, None)
-        if wake is not None:
-            wake.set()
+        count = await asyncio.to_thread(store.replay, name, None)
+        wake.set()
         return {"replayed": count}
 
     @app.post(
@@ -487,11 +584,10 @@ def add_delivery_routes(
         account: str, namespace: str, script: str, delivery_id: str
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        count = await asyncio.to_thread(the_store().replay, name, delivery_id)
+        count = await asyncio.to_thread(store.replay, name, delivery_id)
         if not count:
             raise AdminError(404, "delivery_not_found", "no such dead letter", name)
-        if wake is not None:
-            wake.set()
+        wake.set()
         return {"replayed": count}
 
     @app.delete(SCRIPT + "/deliveries/{delivery_id}", summary="Discard a dead letter")
@@ -499,6 +595,6 @@ def add_delivery_routes(
         account: str, namespace: str, script: str, delivery_id: str
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
-        if not await asyncio.to_thread(the_store().discard, name, delivery_id):
+        if not await asyncio.to_thread(store.discard, name, delivery_id):
             raise AdminError(404, "delivery_not_found", "no such dead letter", name)
         return {"discarded": delivery_id}

@@ -17,8 +17,10 @@ import ipaddress
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,15 +39,16 @@ from dispatcher.errors import (
     TenantNotFound,
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
+from dispatcher.metrics import metrics_registry, metrics_text
 from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.outbound_limits import OutboundLimits
-from dispatcher.pool import WorkerPool
+from dispatcher.pool import RequestTrace, WorkerPool
 from dispatcher.ratelimit import RateLimiter
 from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
-from dispatcher.status import TenantStats, status_report
+from dispatcher.status import RequestStats, status_report, tenant_status
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
 from sandbox_runner import frames
@@ -95,7 +98,8 @@ class Dispatcher:
         )
         self.directory = TenantDirectory(self.pool)
         self.rate_limiter = RateLimiter()
-        self.stats = TenantStats()
+        self.stats = RequestStats()
+        self.metrics = metrics_registry(self)
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
         # The management API, answered only on its own listener's port.
@@ -106,19 +110,55 @@ class Dispatcher:
 
     def enable_admin(self, token: str, port: int) -> None:
         """Serve the management API to requests that arrive on ``port``."""
-        self.admin_app = build_admin_app(
-            self.deployments,
-            token,
-            self.delivery_store,
-            self.delivery_wake,
-            self.circuits_of,
-            self.status,
-        )
+        self.admin_app = build_admin_app(self.deployments, token, self)
         self.admin_port = port
 
     def status(self) -> dict[str, Any]:
         """Every tenant's state, counts and limits, for ``GET /status``."""
+        self.stats.forget_missing(set(self.directory.tenants))
         return status_report(self.directory, self.pool, self.stats, self.gateway)
+
+    def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None:
+        """One tenant's status with its recent log lines; None if unknown."""
+        if tenant_id not in self.directory.tenants:
+            return None
+        detail = tenant_status(
+            tenant_id, self.directory, self.pool, self.stats, self.gateway
+        )
+        detail["logs"] = [
+            {"at": line.at, "pid": line.pid, "text": line.text}
+            for line in self.tenant_log.recent(tenant_id)
+        ]
+        slow_requests = getattr(self.tenant_log, "slow_requests", None)
+        detail["slow_requests"] = slow_requests(tenant_id) if slow_requests else []
+        detail["circuits"] = self.circuits_of(tenant_id)
+        return detail
+
+    def metrics_text(self) -> bytes:
+        """Every metric in Prometheus' text format."""
+        return metrics_text(self.metrics)
+
+    def delivery_counts(self) -> dict[tuple[str, str], int]:
+        return self.delivery_store.counts_by_tenant()
+
+    def circuit_counts(self) -> Counter[tuple[str, str]]:
+        """Target hosts per tenant and circuit state."""
+        loop = getattr(self, "delivery_loop", None)
+        return loop.circuits.counts(time.time()) if loop else Counter()
+
+    async def readiness(self) -> tuple[bool, dict[str, str]]:
+        """Can this dispatcher take traffic: workers can start, state saves."""
+        checks: dict[str, str] = {}
+        checks["zygote"] = await self.launcher.readiness()
+        try:
+            self.delivery_store.probe_write()
+            self.deployments.registry.probe_write()
+            checks["state_database"] = "writable"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            log.error("readiness: the state database takes no writes: %s", exc)
+            checks["state_database"] = "not writable"
+        ready = checks["zygote"] in ("up", "started", "not used")
+        return ready and checks["state_database"] == "writable", checks
 
     def outbound_rate(self, tenant_id: str, host: str) -> float:
         """Calls per second the tenant may make to ``host`` (0: no limit)."""
@@ -194,12 +234,13 @@ class Dispatcher:
         started = time.perf_counter()
         request_id = os.urandom(8).hex()
         tenant_id = ""
+        trace = RequestTrace()
         try:
             tenant_id = tenant_id_of(scope)
             tenant = self.find_tenant(tenant_id)
             self.rate_limiter.check(tenant, scope["path"])
             request = await self.read_request(scope, receive, request_id)
-            response = await self.pool.dispatch(tenant, request)
+            response = await self.pool.dispatch(tenant, request, trace)
             status, code = response.status, ""
             await send_tenant_response(send, response, request_id)
         except DispatchError as exc:
@@ -211,10 +252,28 @@ class Dispatcher:
             await send_error(
                 send, DispatchError("internal error"), tenant_id, request_id
             )
+        access = AccessRecord(
+            tenant_id, status, code, time.perf_counter() - started, request_id, trace
+        )
+        self.record(scope, access)
+
+    def record(self, scope: Scope, access: AccessRecord) -> None:
+        """Count an answered request, log it, and show it in the tenant's tail."""
+        tenant_id = access.tenant_id
         if tenant_id in self.directory.tenants:
-            self.stats.count(tenant_id, code)
-        if self.settings.access_log:
-            self.log_access(scope, tenant_id, status, code, started, request_id)
+            cold = access.trace.cold
+            self.stats.record(
+                tenant_id, access.status, access.code, access.duration_s, cold
+            )
+        else:
+            self.stats.record_unrouted(access.code)
+        if self.settings.access_log or self.tenant_log.is_tailed(tenant_id):
+            fields = access_fields(scope, access)
+            if self.settings.access_log:
+                log_access(fields)
+            tenant = self.directory.get(tenant_id)
+            if tenant is not None:
+                self.tenant_log.publish_request(tenant, fields)
 
     def find_tenant(self, tenant_id: str) -> Tenant:
         """The tenant by id; unknown ids never start a process."""
@@ -246,28 +305,52 @@ class Dispatcher:
             body=body,
         )
 
-    def log_access(
-        self,
-        scope: Scope,
-        tenant_id: str,
-        status: int,
-        code: str,
-        started: float,
-        request_id: str,
-    ) -> None:
-        # The raw path, still percent-encoded: a decoded one could carry a
-        # line break into the log.
-        path = scope.get("raw_path") or scope["path"].encode()
-        access_log.info(
-            "%s %s %s %d %s %.1fms %s",
-            tenant_id or "-",
-            scope["method"],
-            path.decode("latin-1"),
-            status,
-            code or "-",
-            (time.perf_counter() - started) * 1000,
-            request_id,
-        )
+
+@dataclass
+class AccessRecord:
+    """What the access log, the counts and the tail need of one request."""
+
+    tenant_id: str
+    status: int
+    code: str
+    duration_s: float
+    request_id: str
+    trace: RequestTrace
+
+
+def access_fields(scope: Scope, access: AccessRecord) -> dict[str, Any]:
+    """One request as the access log and the tail show it."""
+    # The raw path, still percent-encoded: a decoded one could carry a line
+    # break into a plain log.
+    path = scope.get("raw_path") or scope["path"].encode()
+    return {
+        "tenant": access.tenant_id or None,
+        "method": scope["method"],
+        "path": path.decode("latin-1"),
+        "status": access.status,
+        "code": access.code or None,
+        "duration_ms": round(access.duration_s * 1000, 2),
+        "pid": access.trace.pid or None,
+        "start": "cold" if access.trace.cold else "warm",
+        "request_id": access.request_id,
+    }
+
+
+def log_access(fields: dict[str, Any]) -> None:
+    """One access line: plain text, or JSON fields with ``--log-format json``."""
+    access_log.info(
+        "%s %s %s %d %s %.1fms pid=%s %s %s",
+        fields["tenant"] or "-",
+        fields["method"],
+        fields["path"],
+        fields["status"],
+        fields["code"] or "-",
+        fields["duration_ms"],
+        fields["pid"] or "-",
+        fields["start"],
+        fields["request_id"],
+        extra={"fields": fields},
+    )
 
 
 def tenant_id_of(scope: Scope) -> str:

@@ -13,6 +13,7 @@ costs at most one more round of failures.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 FAILURES_TO_OPEN = 5
@@ -68,6 +69,12 @@ class CircuitBreakers:
         circuit.failures += 1
         if circuit.failures >= FAILURES_TO_OPEN:
             circuit.open_until = now + self.cool_down_s
+
+    def counts(self, now: float) -> Counter[tuple[str, str]]:
+        """How many hosts each tenant has in each state, for the metrics."""
+        return Counter(
+            (owner, circuit.state(now)) for (owner, _), circuit in self.circuits.items()
+        )
 
     def of_tenant(self, tenant: str, now: float) -> list[dict[str, object]]:
         """The tenant's circuits, for the management API."""

@@ -26,6 +26,7 @@ from dispatcher.app import Dispatcher
 from dispatcher.doctor import run_doctor
 from dispatcher.eject import eject
 from dispatcher.http_protocol import SwitchyardHttpProtocol
+from dispatcher.log_format import configure_logging
 from dispatcher.manage import add_manage_commands
 from dispatcher.registry import RegistryError, load_secret_key
 from dispatcher.registry_sqlite import SqliteRegistry
@@ -90,6 +91,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8787, help="0 picks a free port")
     run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--log-format",
+        choices=["plain", "json"],
+        default="plain",
+        help="plain lines, or one JSON object per line for a log pipeline",
+    )
     run.add_argument(
         "--admin-port",
         type=int,
@@ -161,7 +168,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Serve until SIGINT or SIGTERM; workers are stopped on the way out."""
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     settings = Settings(
         tenants_dir=args.tenants,
         state_dir=args.state,
@@ -267,14 +274,6 @@ def raise_open_files_limit() -> None:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         log.info("open-files limit raised from %d to %d", soft, hard)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def doctor_command(args: argparse.Namespace) -> int:

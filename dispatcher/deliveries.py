@@ -268,6 +268,21 @@ class DeliveryStore:
             ).fetchone()
         return int(row[0])
 
+    def counts_by_tenant(self) -> dict[tuple[str, str], int]:
+        """How many deliveries each tenant has in each state."""
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT tenant, state, COUNT(*) FROM deliveries"
+                " GROUP BY tenant, state ORDER BY tenant, state"
+            ).fetchall()
+        return {(tenant, state): int(number) for tenant, state, number in rows}
+
+    def probe_write(self) -> None:
+        """Write and roll back, to show the state database takes writes."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("ROLLBACK")
+
     def get(self, delivery_id: str) -> Delivery | None:
         with self.lock:
             row = self.db.execute(

@@ -63,6 +63,10 @@ class Launcher(Protocol):
 
     async def launch(self, cwd: Path) -> WorkerProcess: ...
 
+    async def readiness(self) -> str:
+        """``up``, ``not used``, or why workers cannot start now."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -90,6 +94,9 @@ class ExecProcess:
 
 class ExecLauncher:
     """One fresh ``python -m sandbox_runner`` per worker."""
+
+    async def readiness(self) -> str:
+        return "not used"
 
     async def launch(self, cwd: Path) -> WorkerProcess:
         try:
@@ -229,6 +236,19 @@ class ZygoteLauncher:
         process = ForkedProcess(pid, self.running.setdefault(pid, spawned_exit()))
         await process.attach_pipes(to_worker[1], from_worker[0], log_pipe[0])
         return process
+
+    async def readiness(self) -> str:
+        """``up``; or, with the zygote gone, start it again and say so."""
+        if self.control is not None:
+            return "up"
+        try:
+            async with self.lock:
+                if self.control is None:
+                    await self.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            log.error("the zygote cannot start: %s", exc)
+            return f"down: {exc}"
+        return "started"
 
     def send_spawn(self, token: int, fds: list[int]) -> None:
         if self.control is None:

@@ -15,13 +15,14 @@ and exits 1. An API error keeps the API's own code: ``switchyard: <code>:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -54,6 +55,7 @@ def add_manage_commands(commands: Subcommands) -> None:
     add_tenants_command(commands, common)
     add_secrets_commands(commands, common)
     add_versions_commands(commands, common)
+    add_tail_command(commands, common)
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -165,6 +167,26 @@ def add_versions_commands(
     rollback.set_defaults(handler=managed(rollback_command))
 
 
+def add_tail_command(commands: Subcommands, common: argparse.ArgumentParser) -> None:
+    tail = commands.add_parser(
+        "tail",
+        parents=[common],
+        help="follow a script's log live: what it prints, requests, errors",
+    )
+    tail.add_argument("script", help="script name")
+    tail.add_argument(
+        "--recent",
+        type=int,
+        default=20,
+        metavar="N",
+        help="first show the last N lines already logged (default %(default)s)",
+    )
+    tail.add_argument(
+        "--json", action="store_true", help="print each event as one JSON line"
+    )
+    tail.set_defaults(handler=managed(tail_command))
+
+
 def managed(command: Command) -> Callable[[argparse.Namespace], int]:
     """A handler that runs ``command`` with a client and maps failures to 1."""
 
@@ -209,9 +231,35 @@ class ApiClient:
 
     def call(self, method: str, *segments: str, **kwargs: Any) -> dict[str, Any]:
         """Send one request below ``.../scripts``; the JSON answer, or raise."""
-        path = "".join("/" + path_segment(segment) for segment in segments)
+        with self.reaching_api():
+            response = self.http.request(method, self.path_of(segments), **kwargs)
+        if response.is_error:
+            raise ManageError(error_message(response))
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def follow(self, *segments: str, **params: Any) -> Iterator[tuple[str, Any]]:
+        """Server-Sent Events from a path below ``.../scripts``, until closed."""
+        path = self.path_of(segments)
+        with self.reaching_api():
+            # No read timeout: a quiet tenant's tail is quiet for long.
+            timeout = httpx.Timeout(None, connect=5.0)
+            with self.http.stream(
+                "GET", path, params=params, timeout=timeout
+            ) as answer:
+                if answer.is_error:
+                    answer.read()
+                    raise ManageError(error_message(answer))
+                yield from server_sent_events(answer.iter_lines())
+
+    def path_of(self, segments: tuple[str, ...]) -> str:
+        return self.scripts_path + "".join("/" + path_segment(s) for s in segments)
+
+    @contextlib.contextmanager
+    def reaching_api(self) -> Iterator[None]:
+        """Turn transport failures into one line that says what to check."""
         try:
-            response = self.http.request(method, self.scripts_path + path, **kwargs)
+            yield
         except httpx.ConnectError as exc:
             raise ManageError(
                 f"cannot reach the management API at {self.url} ({exc}); "
@@ -220,10 +268,18 @@ class ApiClient:
         except httpx.HTTPError as exc:
             raise ManageError(f"request to {self.url} failed: {exc!r}") from None
 
-        if response.is_error:
-            raise ManageError(error_message(response))
-        answer: dict[str, Any] = response.json()
-        return answer
+
+def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
+    """(event name, decoded JSON data) for each event; comments skipped."""
+    kind, data = "message", ""
+    for line in lines:
+        if line.startswith("event:"):
+            kind = line[6:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+        elif not line and data:
+            yield kind, json.loads(data)
+            kind, data = "message", ""
 
 
 def path_segment(name: str) -> str:
@@ -423,6 +479,33 @@ def rollback_command(api: ApiClient, args: argparse.Namespace) -> None:
     print(f"{args.script} serves version {version['number']} again")
     print(f"id: {version['id']}")
     print(f"startup_time_ms: {version['startup_time_ms']}")
+
+
+def tail_command(api: ApiClient, args: argparse.Namespace) -> None:
+    """Print the script's events as they happen, until interrupted."""
+    try:
+        for _, event in api.follow(args.script, "tail", recent=max(args.recent, 0)):
+            line = json.dumps(event) if args.json else describe_event(event)
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
+def describe_event(event: dict[str, Any]) -> str:
+    """One event as a human reads it in a terminal."""
+    kind = event.get("type")
+    at = time.strftime("%H:%M:%S", time.localtime(event.get("at", time.time())))
+    if kind == "log":
+        return f"{at} [pid {event['pid']}] {event['text']}"
+    if kind == "request":
+        code = f" {event['code']}" if event.get("code") else ""
+        return (
+            f"{at} {event['method']} {event['path']} -> {event['status']}{code} "
+            f"{event['duration_ms']} ms ({event['start']}, pid {event['pid']})"
+        )
+    if kind == "dropped":
+        return f"{at} ... {event['dropped']} events dropped: this tail read too slowly"
+    return f"{at} {json.dumps(event)}"
 
 
 def print_table(header: list[str], rows: list[list[str]]) -> None:

@@ -32,6 +32,7 @@ import asyncio
 import logging
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import psutil
@@ -64,6 +65,14 @@ class BootFailure:
 
 
 @dataclass
+class RequestTrace:
+    """Which worker served a request, and whether it had to boot one."""
+
+    pid: int = 0
+    cold: bool = False
+
+
+@dataclass
 class TenantWorkers:
     """The live workers of one tenant, and the start under way, if any."""
 
@@ -92,6 +101,10 @@ class WorkerPool:
         self.gates: dict[str, TenantGate] = {}
         self.boot_failures: dict[str, BootFailure] = {}
         self.closing = False
+        # Since start-up, for the metrics: workers booted per tenant, and
+        # workers that left service per tenant and reason.
+        self.starts: Counter[str] = Counter()
+        self.exits: Counter[tuple[str, str]] = Counter()
 
     @property
     def workers(self) -> list[Worker]:
@@ -99,13 +112,18 @@ class WorkerPool:
         return [w for group in self.groups.values() for w in group.workers]
 
     async def dispatch(
-        self, tenant: Tenant, request: frames.Request
+        self,
+        tenant: Tenant,
+        request: frames.Request,
+        trace: RequestTrace | None = None,
     ) -> frames.Response:
         """Run one request on one of the tenant's warm workers."""
         if tenant.problem is not None:
             raise WorkerBootFailed(f"the tenant cannot start: {tenant.problem}")
         async with self.gate_for(tenant):
-            worker = await self.worker_for(tenant)
+            worker = await self.worker_for(tenant, trace)
+            if trace is not None:
+                trace.pid = worker.pid
             worker.served += 1
             self.recycle_if_due(worker)
             return await worker.call(request)
@@ -121,7 +139,9 @@ class WorkerPool:
             self.gates[tenant.id] = gate
         return gate
 
-    async def worker_for(self, tenant: Tenant) -> Worker:
+    async def worker_for(
+        self, tenant: Tenant, trace: RequestTrace | None = None
+    ) -> Worker:
         """The least busy serving worker, starting another when all are full."""
         group = self.groups.setdefault(tenant.id, TenantWorkers())
         limits = tenant.config.limits
@@ -139,6 +159,8 @@ class WorkerPool:
                 return best  # busy, but answers sooner than a worker yet to boot
             # shield: one caller giving up must not cancel the shared start.
             # Then choose again: others may have used up the new worker.
+            if trace is not None:
+                trace.cold = True
             await asyncio.shield(starting)
 
     def start_worker(
@@ -174,14 +196,10 @@ class WorkerPool:
             if group.starting_version is tenant:
                 group.starting = None
 
-        self.boot_failures.pop(tenant.id, None)
         if self.closing:
             await worker.shutdown()
             raise WorkerCrashed("the dispatcher is shutting down")
-        worker.on_exit = self.forget_worker
-        worker.outbound_gateway = self.gateway
-        worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
-        group.workers.append(worker)
+        self.take_into_service(worker, group)
         return worker
 
     async def adopt_new_version(self, tenant: Tenant) -> Worker:
@@ -195,12 +213,18 @@ class WorkerPool:
         worker = await Worker.spawn(
             tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
         )
+        self.take_into_service(worker, group)
+        return worker
+
+    def take_into_service(self, worker: Worker, group: TenantWorkers) -> None:
+        """A worker that said Ready starts taking the tenant's requests."""
+        tenant = worker.tenant
         self.boot_failures.pop(tenant.id, None)
+        self.starts[tenant.id] += 1
         worker.on_exit = self.forget_worker
         worker.outbound_gateway = self.gateway
         worker.recycle_after = recycle_after(tenant.config.limits.max_requests)
         group.workers.append(worker)
-        return worker
 
     async def retire_version(self, tenant: Tenant) -> None:
         """Drain and stop the workers of a version no longer served."""
@@ -209,7 +233,7 @@ class WorkerPool:
             return
         for worker in [w for w in group.workers if w.tenant is tenant]:
             worker.retiring = True
-            worker.tasks.append(asyncio.create_task(worker.shutdown()))
+            worker.tasks.append(asyncio.create_task(worker.shutdown("retired")))
 
     def note_boot_failure(self, tenant: Tenant, error: WorkerBootFailed) -> None:
         """Back off a tenant that cannot start: 5 s, 10 s, ... up to a minute."""
@@ -228,6 +252,7 @@ class WorkerPool:
 
     def forget_worker(self, worker: Worker) -> None:
         """Drop a worker that left service; its tenant starts afresh."""
+        self.exits[worker.tenant.id, worker.exit_reason or "crash"] += 1
         group = self.groups.get(worker.tenant.id)
         if group is not None and worker in group.workers:
             group.workers.remove(worker)
@@ -244,7 +269,7 @@ class WorkerPool:
                 victim.tenant.id,
                 self.settings.max_warm_workers,
             )
-            await victim.shutdown()
+            await victim.shutdown("evicted")
 
     def least_recently_used_idle(self) -> Worker | None:
         idle = [w for w in self.workers if w.serving and w.in_flight == 0]
@@ -260,14 +285,15 @@ class WorkerPool:
         if quota is None or worker.recycling:
             return
         if worker.served >= max(1, quota * 4 // 5):
-            self.begin_recycle(worker, f"{worker.served} of {quota} requests served")
+            served = f"{worker.served} of {quota} requests served"
+            self.begin_recycle(worker, served, "recycle")
 
-    def begin_recycle(self, worker: Worker, reason: str) -> None:
+    def begin_recycle(self, worker: Worker, reason: str, kind: str) -> None:
         worker.recycling = True
-        task = asyncio.create_task(self.recycle(worker, reason))
+        task = asyncio.create_task(self.recycle(worker, reason, kind))
         worker.tasks.append(task)
 
-    async def recycle(self, worker: Worker, reason: str) -> None:
+    async def recycle(self, worker: Worker, reason: str, kind: str) -> None:
         """Replace ``worker``: the new one first, then drain the old one."""
         tenant = worker.tenant
         log.info(
@@ -282,7 +308,7 @@ class WorkerPool:
             )
             worker.recycling = False
             return
-        await worker.shutdown()
+        await worker.shutdown(kind)
 
     async def supervise(self) -> None:
         """Once a second: reclaim idle workers, recycle those over memory."""
@@ -292,6 +318,7 @@ class WorkerPool:
             for worker in self.workers:
                 if not worker.check_heartbeat(now, self.settings.heartbeat_s):
                     error = WorkerCrashed("the worker stopped answering heartbeats")
+                    worker.exit_reason = "heartbeat"
                     worker.tasks.append(
                         asyncio.create_task(worker.stop_after_failure(error))
                     )
@@ -301,9 +328,9 @@ class WorkerPool:
                         worker.pid,
                         worker.tenant.id,
                     )
-                    worker.tasks.append(asyncio.create_task(worker.shutdown()))
+                    worker.tasks.append(asyncio.create_task(worker.shutdown("idle")))
                 elif self.is_over_memory(worker):
-                    self.begin_recycle(worker, "over its memory ceiling")
+                    self.begin_recycle(worker, "over its memory ceiling", "memory")
             await self.keep_within_memory_budget()
 
     def is_idle_too_long(self, worker: Worker, now: float) -> bool:
@@ -337,7 +364,7 @@ class WorkerPool:
 
     async def keep_within_memory_budget(self) -> None:
         """Evict idle workers, least recently used first, past the budget."""
-        budget = self.settings.max_workers_memory_mb * MiB or half_of_memory()
+        budget = self.memory_budget_bytes()
         while sum(w.rss for w in self.workers) > budget:
             victim = self.least_recently_used_idle()
             if victim is None:
@@ -345,7 +372,11 @@ class WorkerPool:
             log.info(
                 "evicting worker pid %d: workers over their memory budget", victim.pid
             )
-            await victim.shutdown()
+            await victim.shutdown("evicted")
+
+    def memory_budget_bytes(self) -> int:
+        """The private memory all workers together may hold."""
+        return self.settings.max_workers_memory_mb * MiB or half_of_memory()
 
     async def prewarm(self, tenants: list[Tenant]) -> None:
         """Start workers for the tenants marked ``prewarm``, side by side."""

@@ -7,6 +7,12 @@ the secret's name, control characters are replaced, and it is cut to a
 bounded length. Lines go to the ``tenant`` logger and to a short in-memory
 history per tenant.
 
+Whoever follows a tenant's log live (``GET .../scripts/{script}/tail``)
+holds a ``Tail``: a bounded queue of events - log lines and request
+summaries - that the tenant's activity fills. A follower who reads too
+slowly loses events (counted and reported to it), never memory or time of
+the dispatcher.
+
 Writing a log line is synchronous work on the dispatcher's event loop, so a
 tenant that prints without pause could stall every other tenant. Each
 tenant therefore has a line budget (a token bucket); lines over it are
@@ -15,12 +21,14 @@ dropped and counted, and the count is logged once the budget allows.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from dispatcher.tenants import Tenant
 
@@ -35,6 +43,8 @@ MAX_MESSAGE_CHARS = 64 * 1024
 HISTORY_LINES = 200
 LINES_PER_SECOND = 200.0
 LINE_BURST = 1000.0
+# Events a follower of the tail may fall behind by before losing some.
+TAIL_QUEUE_EVENTS = 1000
 # Secrets shorter than this would redact ordinary words; they are weak
 # secrets anyway, and the redaction would give their value away by context.
 MIN_REDACTED_LENGTH = 4
@@ -78,6 +88,7 @@ class TenantLog:
     def __init__(self) -> None:
         self.history: dict[str, deque[LogLine]] = {}
         self.budgets: dict[str, LineBudget] = {}
+        self.tails: dict[str, set[Tail]] = {}
 
     def emit_message(self, tenant: Tenant, pid: int, message: str) -> None:
         """Record a message from a Log frame, one line per line of it."""
@@ -107,8 +118,11 @@ class TenantLog:
             if isinstance(line, bytes):
                 line = line.decode("utf-8", "replace")
             text = clean_line(redact(line, tenant))
-            history.append(LogLine(time.time(), pid, text))
+            entry = LogLine(time.time(), pid, text)
+            history.append(entry)
             log.info("tenant %s pid %d: %s", tenant.id, pid, text)
+            if tenant.id in self.tails:
+                self.publish(tenant.id, {"type": "log", **asdict(entry)})
 
     def line_splitter(self, tenant: Tenant, pid: int) -> LineSplitter:
         """A splitter that turns a worker's raw log pipe into lines here."""
@@ -117,6 +131,52 @@ class TenantLog:
     def recent(self, tenant_id: str) -> list[LogLine]:
         """The last lines of a tenant's log, oldest first."""
         return list(self.history.get(tenant_id, ()))
+
+    def follow(self, tenant_id: str) -> Tail:
+        """Start following a tenant's log; call ``unfollow`` when done."""
+        tail = Tail()
+        self.tails.setdefault(tenant_id, set()).add(tail)
+        return tail
+
+    def unfollow(self, tenant_id: str, tail: Tail) -> None:
+        followers = self.tails.get(tenant_id)
+        if followers is not None:
+            followers.discard(tail)
+            if not followers:
+                del self.tails[tenant_id]
+
+    def is_tailed(self, tenant_id: str) -> bool:
+        return tenant_id in self.tails
+
+    def publish(self, tenant_id: str, event: dict[str, Any]) -> None:
+        """Hand an event, already redacted, to everyone following the tenant."""
+        for tail in self.tails.get(tenant_id, ()):
+            tail.put(event)
+
+    def publish_request(self, tenant: Tenant, fields: dict[str, Any]) -> None:
+        """A request summary for the tenant's followers; its path redacted."""
+        if tenant.id in self.tails:
+            path = clean_line(redact(fields["path"], tenant))
+            self.publish(tenant.id, {"type": "request", **fields, "path": path})
+
+
+class Tail:
+    """One follower's queue of events, bounded; overflow is counted."""
+
+    def __init__(self, max_events: int = TAIL_QUEUE_EVENTS) -> None:
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_events)
+        self.dropped = 0
+
+    def put(self, event: dict[str, Any]) -> None:
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    def take_dropped(self) -> int:
+        """Events lost since last asked, to tell the follower."""
+        dropped, self.dropped = self.dropped, 0
+        return dropped
 
 
 class LineSplitter:

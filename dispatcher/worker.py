@@ -96,6 +96,9 @@ class Worker:
         self.recycle_after: int | None = None
         self.recycling = False
         self.retiring = False
+        # Why the worker left service, for the exit counts: crash, timeout,
+        # memory, heartbeat, or the reason a graceful shutdown was given.
+        self.exit_reason = ""
         self.measured_at = 0
         self.rss = 0
         # Heartbeat: when the worker was last heard from, and the ping
@@ -407,6 +410,7 @@ class Worker:
         # XXX: other requests in flight on this worker fail with it. Sending
         # Cancel first and killing only an unresponsive worker would spare
         # them; that needs a heartbeat to tell "stuck" from "slow".
+        self.exit_reason = self.exit_reason or "timeout"
         await self.stop_after_failure(
             WorkerCrashed("the worker was stopped: a request ran past its time limit")
         )
@@ -415,6 +419,9 @@ class Worker:
         """Fail every request in flight with ``error`` and end the process."""
         if not self.alive:
             return
+        if not self.exit_reason:
+            memory = isinstance(error, WorkerMemoryExceeded)
+            self.exit_reason = "memory" if memory else "crash"
         self.mark_gone()
         failed = [future for future in self.pending.values() if not future.done()]
         for future in failed:
@@ -470,9 +477,10 @@ class Worker:
             if task is not asyncio.current_task():
                 task.cancel()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, reason: str = "shutdown") -> None:
         """Stop gracefully: requests in flight finish, then the worker exits."""
         self.retiring = True
+        self.exit_reason = self.exit_reason or reason
         if self.alive:
             try:
                 self.write(frames.Shutdown())

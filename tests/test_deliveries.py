@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.webhook_signing import slack_headers
 from tests.conftest import ROOT, DispatcherProcess
@@ -510,20 +512,31 @@ async def test_upstream_retry_after_pauses_the_tenant_for_that_host(
     assert later.at - earlier.at >= 2.9
 
 
+async def deliver_outside_the_eu(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """A delivery the eu-only tenant may not make: upstream is in region us."""
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as public:
+        await public.post(
+            "/deliver",
+            params={"to": f"{upstream.url}/outside-the-eu"},
+            headers={"x-customer-id": "eu-tenant"},
+            content=b"x",
+        )
+
+
+async def operator_view(delivering: DispatcherProcess, path: str) -> bytes:
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        return (await admin.get(path, headers=headers)).content
+
+
 async def test_status_shows_each_tenants_region_limits_and_counts(
     delivering: DispatcherProcess, upstream: FakeUpstream
 ) -> None:
     """Operators see region, rate limits and outbound outcomes per tenant."""
-    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as http:
-        await http.post(
-            "/deliver",
-            params={"to": f"{upstream.url}/status"},
-            headers={"x-customer-id": "eu-tenant"},
-            content=b"x",
-        )
-    headers = {"authorization": f"Bearer {TOKEN}"}
-    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
-        report = (await admin.get("/status", headers=headers)).json()
+    await deliver_outside_the_eu(delivering, upstream)
+    report = orjson.loads(await operator_view(delivering, "/status"))
 
     by_id = {t["tenant"]: t for t in report["tenants"]}
     assert by_id["eu-tenant"]["region"] == "eu"
@@ -531,6 +544,30 @@ async def test_status_shows_each_tenants_region_limits_and_counts(
     assert by_id["eu-tenant"]["requests"]["tenant_error"] >= 1
     assert by_id["throttled"]["egress_rate_limits"] == {"127.0.0.1": 2}
     assert by_id["deliverer"]["state"] in ("warm", "idle")
+
+
+async def test_metrics_show_region_refusals_rate_limits_and_deliveries(
+    delivering: DispatcherProcess, upstream: FakeUpstream, http: httpx.AsyncClient
+) -> None:
+    """Region rules, outbound limits and delivery states reach Prometheus."""
+    delivery = await deliver(http, f"{upstream.url}/metrics-ok", b"x")
+    await wait_for_state(delivering, delivery, "succeeded")
+    await deliver_outside_the_eu(delivering, upstream)
+    text = (await operator_view(delivering, "/metrics")).decode()
+
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    eu_refused = frozenset({"tenant": "eu-tenant", "outcome": "region_denied"}.items())
+    assert samples["switchyard_outbound_calls_total", eu_refused] >= 1
+    eu_dead = frozenset({"tenant": "eu-tenant", "state": "dead"}.items())
+    assert samples["switchyard_deliveries", eu_dead] >= 1
+    info = [labels for name, labels in samples if name == "switchyard_tenant_info"]
+    assert ("region", "eu") in next(x for x in info if ("tenant", "eu-tenant") in x)
+    delivered = frozenset({"tenant": "deliverer", "state": "succeeded"}.items())
+    assert samples["switchyard_deliveries", delivered] >= 1
 
 
 # Last: it ends the module's dispatcher with kill -9.

@@ -1,0 +1,371 @@
+"""What operators see: metrics, status, health, access log and the live tail.
+
+One dispatcher serves tenants made for this module, so every count it
+reports can be checked exactly against the requests the tests sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ZYGOTE_STARTED, DispatcherProcess, add_tenant
+
+TOKEN = "observability-token-0123456789"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+SCRIPTS = "/accounts/local/workers/dispatch/namespaces/default/scripts"
+SECRET = "sk-observed-secret-value-42"
+
+WORKER = """
+import asyncio
+
+async def fetch(request, env, ctx):
+    if request.path == "/raise":
+        raise RuntimeError("boom " + env["API_KEY"])
+    if request.path == "/sleep":
+        await asyncio.sleep(30)
+    if request.path == "/print":
+        marker = request.query.get("marker", [""])[0]
+        print("printed", marker, env["API_KEY"], flush=True)
+    return {"ok": True}
+"""
+TENANT_TOML = """
+script = "worker.py"
+secrets = ["API_KEY"]
+
+[limits]
+timeout_ms = 400
+"""
+RECYCLED_TOML = """
+script = "worker.py"
+
+[limits]
+max_requests = 2
+"""
+
+
+def make_tenants(folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("obs-a", "obs-b"):
+        tenant = add_tenant(folder / name, TENANT_TOML, WORKER)
+        (tenant / "secrets.demo.toml").write_text(f'API_KEY = "{SECRET}"\n')
+    add_tenant(folder / "obs-recycled", RECYCLED_TOML, WORKER)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DispatcherProcess]:
+    base = tmp_path_factory.mktemp("observed")
+    process = DispatcherProcess(
+        make_tenants(base / "tenants"),
+        base / "state",
+        base / "dispatcher.log",
+        extra_args=["--log-format", "json"],
+        extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
+    )
+    yield process
+    process.stop()
+
+
+def send(process: DispatcherProcess, tenant: str, path: str) -> httpx.Response:
+    headers = {"x-customer-id": tenant}
+    return httpx.get(process.url + path, headers=headers, timeout=10)
+
+
+def api(process: DispatcherProcess, path: str) -> httpx.Response:
+    assert process.admin_url is not None
+    return httpx.get(process.admin_url + path, headers=AUTH, timeout=10)
+
+
+def scrape(process: DispatcherProcess) -> dict[tuple[str, frozenset], float]:
+    """Every sample of /metrics, keyed by name and labels."""
+    answer = api(process, "/metrics")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            samples[sample.name, frozenset(sample.labels.items())] = sample.value
+    return samples
+
+
+def sample(
+    samples: dict[tuple[str, frozenset], float], name: str, **labels: str
+) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def test_metrics_count_exactly_the_requests_sent(observed: DispatcherProcess) -> None:
+    # A cold start, two warm answers, a raise, a timeout (which stops the
+    # worker), then a second cold start on a fresh worker.
+    outcomes = [send(observed, "obs-a", path).status_code for path in (
+        "/", "/", "/", "/raise", "/sleep", "/",
+    )]  # fmt: skip
+    assert outcomes == [200, 200, 200, 500, 504, 200]
+    assert send(observed, "obs-b", "/").status_code == 200
+    assert send(observed, "nobody-here", "/").status_code == 404
+
+    samples = scrape(observed)
+    requests = "switchyard_requests_total"
+    assert sample(samples, requests, tenant="obs-a", status="200", code="ok") == 4
+    assert (
+        sample(samples, requests, tenant="obs-a", status="500", code="tenant_error")
+        == 1
+    )
+    assert (
+        sample(samples, requests, tenant="obs-a", status="504", code="worker_timeout")
+        == 1
+    )
+    assert sample(samples, requests, tenant="obs-b", status="200", code="ok") == 1
+    assert sample(samples, "switchyard_cold_starts_total", tenant="obs-a") == 2
+    assert sample(samples, "switchyard_cold_starts_total", tenant="obs-b") == 1
+    assert sample(samples, "switchyard_worker_starts_total", tenant="obs-a") == 2
+    exits = "switchyard_worker_exits_total"
+    assert sample(samples, exits, tenant="obs-a", reason="timeout") == 1
+    assert sample(samples, exits, tenant="obs-a", reason="crash") is None
+    assert (
+        sample(samples, "switchyard_request_duration_seconds_count", tenant="obs-a")
+        == 6
+    )
+    slowest = sample(
+        samples, "switchyard_request_duration_seconds_bucket", tenant="obs-a", le="0.25"
+    )
+    assert slowest == 5  # all but the one that ran into its 400 ms limit
+    assert sample(samples, "switchyard_warm_workers", tenant="obs-a") == 1
+    memory = sample(samples, "switchyard_worker_memory_bytes", tenant="obs-a")
+    assert memory is not None and memory > 1024 * 1024
+    assert (
+        sample(samples, "switchyard_unrouted_requests_total", code="tenant_not_found")
+        == 1
+    )
+
+
+def test_metric_labels_are_bounded(observed: DispatcherProcess) -> None:
+    send(observed, "obs-b", "/some/unique/path-123?id=abc")
+    samples = scrape(observed)
+    label_values = {value for _, labels in samples for _, value in labels}
+    assert not any("path-123" in value for value in label_values)
+    assert "nobody-here" not in label_values
+    label_names = {name for _, labels in samples for name, _ in labels}
+    assert label_names <= {"tenant", "status", "code", "reason", "le", "outcome",
+                           "state", "version", "region"}  # fmt: skip
+
+
+def test_recycled_workers_are_counted_by_reason(observed: DispatcherProcess) -> None:
+    for _ in range(4):
+        assert send(observed, "obs-recycled", "/").status_code == 200
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        samples = scrape(observed)
+        exits = "switchyard_worker_exits_total"
+        if sample(samples, exits, tenant="obs-recycled", reason="recycle"):
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("no worker exit with reason recycle was counted")
+
+
+def test_status_shows_counts_latency_and_memory(observed: DispatcherProcess) -> None:
+    send(observed, "obs-b", "/")
+    entries = {t["tenant"]: t for t in api(observed, "/status").json()["tenants"]}
+    tenant = entries["obs-b"]
+    assert tenant["state"] == "warm"
+    assert tenant["requests_total"] >= 1
+    assert tenant["latency_ms"]["p50"] > 0
+    assert tenant["latency_ms"]["p99"] >= tenant["latency_ms"]["p50"]
+    assert tenant["memory_bytes"] > 1024 * 1024
+    assert entries["obs-recycled"]["errors_total"] == 0
+
+
+def test_tenant_detail_keeps_recent_logs_redacted(observed: DispatcherProcess) -> None:
+    send(observed, "obs-a", "/print?marker=detail-check")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        detail = api(observed, "/status/obs-a")
+        texts = [line["text"] for line in detail.json()["logs"]]
+        if any("detail-check" in text for text in texts):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the printed line is not in the tenant's detail: {texts}")
+    assert "printed detail-check [secret API_KEY]" in texts
+    assert api(observed, "/status/no-such-tenant").status_code == 404
+
+
+def test_secrets_never_appear_in_metrics_or_status(observed: DispatcherProcess) -> None:
+    send(observed, "obs-a", "/raise")
+    send(observed, "obs-a", "/print?marker=leak-check")
+    time.sleep(0.2)
+    for path in ("/metrics", "/status", "/status/obs-a"):
+        assert SECRET not in api(observed, path).text
+
+
+def test_probes_answer_without_a_token(observed: DispatcherProcess) -> None:
+    assert observed.admin_url is not None
+    health = httpx.get(observed.admin_url + "/healthz", timeout=5)
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = httpx.get(observed.admin_url + "/readyz", timeout=5)
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["state_database"] == "writable"
+    assert httpx.get(observed.admin_url + "/metrics", timeout=5).status_code == 401
+    assert httpx.get(observed.admin_url + "/status", timeout=5).status_code == 401
+
+
+def test_readyz_brings_back_a_lost_zygote(observed: DispatcherProcess) -> None:
+    api(observed, "/readyz")  # the zygote is up from here on
+    first = ZYGOTE_STARTED.findall(observed.log())
+    os.kill(int(first[-1]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    checks: list[str] = []
+    while time.monotonic() < deadline:
+        answer = api(observed, "/readyz")
+        checks.append(answer.json()["checks"]["zygote"])
+        if checks[-1] == "started":
+            break
+        time.sleep(0.05)
+    assert checks[-1] == "started", checks
+    assert answer.status_code == 200
+    assert ZYGOTE_STARTED.findall(observed.log())[-1] != first[-1]
+    assert send(observed, "obs-b", "/").status_code == 200
+
+
+def test_access_log_lines_are_json_with_request_fields(
+    observed: DispatcherProcess,
+) -> None:
+    answer = send(observed, "obs-b", "/json-log-check")
+    request_id = answer.headers["x-request-id"]
+    time.sleep(0.1)
+    lines = [json.loads(line) for line in observed.log().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    access = [line for line in lines if line.get("request_id") == request_id]
+    assert len(access) == 1
+    entry = access[0]
+    assert entry["logger"] == "dispatcher.access"
+    assert entry["tenant"] == "obs-b"
+    assert entry["method"] == "GET" and entry["path"] == "/json-log-check"
+    assert entry["status"] == 200 and entry["code"] is None
+    assert entry["start"] in ("cold", "warm") and entry["pid"] > 0
+    assert entry["duration_ms"] > 0
+
+
+class TailReader:
+    """Reads a tail's Server-Sent Events on a thread, for the test to wait on."""
+
+    def __init__(self, process: DispatcherProcess, tenant: str) -> None:
+        assert process.admin_url is not None
+        self.url = f"{process.admin_url}{SCRIPTS}/{tenant}/tail"
+        self.events: list[dict] = []
+        self.opened = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.read, daemon=True)
+        self.thread.start()
+        assert self.opened.wait(5), "the tail did not open"
+
+    def read(self) -> None:
+        timeout = httpx.Timeout(5, read=1)
+        with httpx.stream("GET", self.url, headers=AUTH, timeout=timeout) as answer:
+            assert answer.headers["content-type"].startswith("text/event-stream")
+            self.opened.set()
+            try:
+                for line in answer.iter_lines():
+                    if line.startswith("data:"):
+                        self.events.append(json.loads(line[5:]))
+                    if self.stop.is_set():
+                        return
+            except httpx.ReadTimeout:
+                return
+
+    def wait_for(self, predicate, timeout_s: float) -> dict:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for event in list(self.events):
+                if predicate(event):
+                    return event
+            time.sleep(0.01)
+        pytest.fail(f"no matching tail event within {timeout_s} s: {self.events}")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def test_tail_streams_printed_lines_within_a_second(
+    observed: DispatcherProcess,
+) -> None:
+    tail = TailReader(observed, "obs-a")
+    try:
+        started = time.monotonic()
+        send(observed, "obs-a", "/print?marker=tail-check")
+        line = tail.wait_for(
+            lambda e: e["type"] == "log" and "tail-check" in e["text"], 1.0
+        )
+        assert time.monotonic() - started < 1.0
+        assert SECRET not in line["text"] and "[secret API_KEY]" in line["text"]
+        request = tail.wait_for(
+            lambda e: e["type"] == "request" and e["path"].startswith("/print"), 1.0
+        )
+        assert request["status"] == 200 and request["tenant"] == "obs-a"
+
+        send(observed, "obs-a", "/raise")
+        tail.wait_for(lambda e: e["type"] == "log" and "Traceback" in e["text"], 2.0)
+        tail.wait_for(
+            lambda e: (
+                e["type"] == "log"
+                and e["text"] == "RuntimeError: boom [secret API_KEY]"
+            ),
+            2.0,
+        )
+        # Another tenant's activity never reaches this tail.
+        send(observed, "obs-b", "/print?marker=other-tenant")
+        time.sleep(0.3)
+        assert not any("other-tenant" in json.dumps(e) for e in tail.events)
+        assert not any(SECRET in json.dumps(e) for e in tail.events)
+    finally:
+        tail.close()
+
+
+def test_tail_of_an_unknown_script_is_404(observed: DispatcherProcess) -> None:
+    answer = api(observed, f"{SCRIPTS}/no-such-tenant/tail")
+    assert answer.status_code == 404
+    assert answer.json()["error"]["code"] == "script_not_found"
+
+
+def test_cli_tail_follows_a_tenant(observed: DispatcherProcess) -> None:
+    command = [sys.executable, "-m", "dispatcher", "tail", "obs-b",
+               "--api", observed.admin_url or "", "--recent", "0"]  # fmt: skip
+    env = {**os.environ, "SWITCHYARD_ADMIN_TOKEN": TOKEN}
+    tail = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(tail.stdout.readline, "")), daemon=True
+        )
+        reader.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            send(observed, "obs-b", "/print?marker=cli-tail")
+            time.sleep(0.2)
+            summaries = [line for line in lines if "GET /print -> 200" in line]
+            if summaries and any("cli-tail" in line for line in lines):
+                break
+        printed = [line for line in lines if "printed cli-tail" in line]
+        assert printed, lines
+        assert "[secret API_KEY]" in printed[0] and SECRET not in "".join(lines)
+        assert re.search(
+            r"GET /print -> 200 [\d.]+ ms \((cold|warm), pid \d+\)", summaries[0]
+        )
+    finally:
+        tail.send_signal(signal.SIGINT)
+        tail.wait(10)
