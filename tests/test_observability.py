@@ -6,6 +6,8 @@ reports can be checked exactly against the requests the tests sent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -369,3 +371,29 @@ def test_cli_tail_follows_a_tenant(observed: DispatcherProcess) -> None:
     finally:
         tail.send_signal(signal.SIGINT)
         tail.wait(10)
+
+
+async def test_tails_are_bounded_and_released_when_clients_leave(
+    observed: DispatcherProcess,
+) -> None:
+    url = f"{observed.admin_url}{SCRIPTS}/obs-b/tail"
+    async with contextlib.AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=5))
+        for _ in range(16):
+            opened = await stack.enter_async_context(
+                http.stream("GET", url, headers=AUTH)
+            )
+            assert opened.status_code == 200
+        refused = await http.get(url, headers=AUTH)
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "too_many_tails"
+
+    # The followers went away with their connections: a new one is welcome.
+    deadline = time.monotonic() + 5
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            async with http.stream("GET", url, headers=AUTH) as again:
+                if again.status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the closed tails were never released"
+            await asyncio.sleep(0.1)
