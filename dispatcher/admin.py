@@ -21,7 +21,7 @@ import hmac
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 import orjson
@@ -67,6 +67,11 @@ class AdminError(Exception):
         self.script = script
 
 
+# A script's tags: few and short, since every listing by tag reads them all.
+Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[\w.:-]+$")]
+Tags = Annotated[list[Tag], msgspec.Meta(max_length=8)]
+
+
 class Metadata(msgspec.Struct, forbid_unknown_fields=True):
     """The ``metadata`` part of a multipart upload."""
 
@@ -74,7 +79,7 @@ class Metadata(msgspec.Struct, forbid_unknown_fields=True):
     vars: dict[str, str | int | float | bool] = {}
     secrets: list[str] = []
     limits: dict[str, int | float] = {}
-    tags: list[str] = []
+    tags: Tags = []
 
 
 class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,7 +88,7 @@ class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
     vars: dict[str, str | int | float | bool] | None = None
     secrets: list[str] | None = None
     limits: dict[str, int | float] | None = None
-    tags: list[str] | None = None
+    tags: Tags | None = None
 
 
 def error_response(error: AdminError, request_id: str) -> Response:

@@ -192,6 +192,21 @@ async def test_settings_patch_and_delete(
     assert (await admin.get(f"{BASE}/patched")).status_code == 404
 
 
+@pytest.mark.parametrize(
+    "tags", [[f"t{n}" for n in range(9)], ["x" * 65], [""], ["new\nline"]]
+)
+async def test_too_many_or_odd_tags_are_refused(
+    admin: httpx.AsyncClient, tags: list[str]
+) -> None:
+    """At most 8 tags of up to 64 word characters, dots, colons or dashes."""
+    await upload(admin, "tagged", source(4))
+    response = await admin.patch(f"{BASE}/tagged/settings", json={"tags": tags})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_settings"
+    fine = await admin.patch(f"{BASE}/tagged/settings", json={"tags": ["v1.2:beta"]})
+    assert fine.status_code == 200 and fine.json()["tags"] == ["v1.2:beta"]
+
+
 @pytest.mark.parametrize("name", ["Upper", "../etc", "a" * 64, "-dash", "a_b"])
 async def test_invalid_script_names_are_400(
     admin: httpx.AsyncClient, name: str
