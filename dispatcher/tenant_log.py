@@ -7,6 +7,9 @@ the secret's name, control characters are replaced, and it is cut to a
 bounded length. Lines go to the ``tenant`` logger and to a short in-memory
 history per tenant.
 
+The stacks of slow requests are logged the same way, one block each, and
+the last few are kept per tenant as well (``slow_requests.py``).
+
 Writing a log line is synchronous work on the dispatcher's event loop, so a
 tenant that prints without pause could stall every other tenant. Each
 tenant therefore has a line budget (a token bucket); lines over it are
@@ -21,8 +24,15 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from dispatcher.slow_requests import (
+    KEPT_PER_TENANT,
+    SlowRequestRecord,
+    bounded_stack,
+)
 from dispatcher.tenants import Tenant
+from sandbox_runner.frames import StackEntry
 
 log = logging.getLogger("tenant")
 
@@ -77,6 +87,7 @@ class TenantLog:
 
     def __init__(self) -> None:
         self.history: dict[str, deque[LogLine]] = {}
+        self.slow: dict[str, deque[SlowRequestRecord]] = {}
         self.budgets: dict[str, LineBudget] = {}
 
     def emit_message(self, tenant: Tenant, pid: int, message: str) -> None:
@@ -109,6 +120,32 @@ class TenantLog:
             text = clean_line(redact(line, tenant))
             history.append(LogLine(time.time(), pid, text))
             log.info("tenant %s pid %d: %s", tenant.id, pid, text)
+
+    def record_slow_request(
+        self,
+        tenant: Tenant,
+        pid: int,
+        request_id: str,
+        elapsed_ms: float,
+        stack: Sequence[StackEntry],
+    ) -> None:
+        """Log where a slow request spends its time, and keep it for a while.
+
+        ``stack`` comes from the worker: it is redacted and bounded here.
+        """
+        clean_stack = bounded_stack(
+            stack, lambda text: clean_line(redact(text, tenant))
+        )
+        record = SlowRequestRecord(
+            time.time(), request_id, pid, elapsed_ms, clean_stack
+        )
+        kept = self.slow.setdefault(tenant.id, deque(maxlen=KEPT_PER_TENANT))
+        kept.append(record)
+        self.emit_message(tenant, pid, record.as_text())
+
+    def slow_requests(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The tenant's last slow requests as JSON-ready dicts, newest last."""
+        return [record.as_dict() for record in self.slow.get(tenant_id, ())]
 
     def line_splitter(self, tenant: Tenant, pid: int) -> LineSplitter:
         """A splitter that turns a worker's raw log pipe into lines here."""

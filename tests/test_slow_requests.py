@@ -3,11 +3,48 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import msgspec
 import pytest
 
-from dispatcher.tenants import Limits
+from dispatcher.tenant_log import TenantLog
+from dispatcher.tenants import Limits, Tenant, TenantConfig
+from sandbox_runner.frames import StackEntry
+
+SECRET = "sk-live-slowpoke-do-not-leak"
+
+
+def tenant_with_secret() -> Tenant:
+    config = TenantConfig(secrets=["API_TOKEN"])
+    return Tenant("slowpoke", Path("/t"), config, bindings={"API_TOKEN": SECRET})
+
+
+def test_tenant_log_keeps_the_last_slow_requests_redacted_and_bounded() -> None:
+    """Status pages and tails read recent stacks, never a secret or a flood."""
+    tenant_log = TenantLog()
+    tenant = tenant_with_secret()
+    line = StackEntry("worker.py", 7, "fetch", f"call({SECRET!r})" + "x" * 1000)
+
+    for number in range(25):
+        stack = [StackEntry("deep.py", n, "f", "f()") for n in range(100)] + [line]
+        tenant_log.record_slow_request(tenant, 42, f"r{number}", 300.0, stack)
+    kept = tenant_log.slow_requests("slowpoke")
+
+    assert [record["request_id"] for record in kept] == [f"r{n}" for n in range(5, 25)]
+    newest = kept[-1]
+    assert set(newest) == {"at", "request_id", "pid", "elapsed_ms", "stack"}
+    assert (newest["pid"], newest["elapsed_ms"]) == (42, 300.0)
+    assert len(newest["stack"]) == 32
+    innermost = newest["stack"][-1]
+    assert innermost["code"].startswith("call('[secret API_TOKEN]')xxx")
+    assert len(innermost["code"]) == 256
+    assert (innermost["file"], innermost["line"], innermost["function"]) == (
+        "worker.py",
+        7,
+        "fetch",
+    )
+    assert tenant_log.slow_requests("nobody") == []
 
 
 @pytest.mark.parametrize(
