@@ -129,8 +129,7 @@ class Dispatcher:
             {"at": line.at, "pid": line.pid, "text": line.text}
             for line in self.tenant_log.recent(tenant_id)
         ]
-        slow_requests = getattr(self.tenant_log, "slow_requests", None)
-        detail["slow_requests"] = slow_requests(tenant_id) if slow_requests else []
+        detail["slow_requests"] = self.tenant_log.slow_requests(tenant_id)
         detail["circuits"] = self.circuits_of(tenant_id)
         return detail
 

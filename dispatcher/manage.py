@@ -484,9 +484,11 @@ def rollback_command(api: ApiClient, args: argparse.Namespace) -> None:
 def tail_command(api: ApiClient, args: argparse.Namespace) -> None:
     """Print the script's events as they happen, until interrupted."""
     try:
-        for _, event in api.follow(args.script, "tail", recent=max(args.recent, 0)):
-            line = json.dumps(event) if args.json else describe_event(event)
-            print(line, flush=True)
+        for kind, event in api.follow(args.script, "tail", recent=max(args.recent, 0)):
+            if args.json:
+                print(json.dumps(event), flush=True)
+            elif kind != "slow":  # its stack arrives as log lines as well
+                print(describe_event(event), flush=True)
     except KeyboardInterrupt:
         pass
 

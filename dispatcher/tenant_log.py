@@ -13,6 +13,9 @@ summaries - that the tenant's activity fills. A follower who reads too
 slowly loses events (counted and reported to it), never memory or time of
 the dispatcher.
 
+The stacks of slow requests are logged the same way, one block each, and
+the last few are kept per tenant as well (``slow_requests.py``).
+
 Writing a log line is synchronous work on the dispatcher's event loop, so a
 tenant that prints without pause could stall every other tenant. Each
 tenant therefore has a line budget (a token bucket); lines over it are
@@ -30,7 +33,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from dispatcher.slow_requests import (
+    KEPT_PER_TENANT,
+    SlowRequestRecord,
+    bounded_stack,
+)
 from dispatcher.tenants import Tenant
+from sandbox_runner.frames import StackEntry
 
 log = logging.getLogger("tenant")
 
@@ -87,6 +96,7 @@ class TenantLog:
 
     def __init__(self) -> None:
         self.history: dict[str, deque[LogLine]] = {}
+        self.slow: dict[str, deque[SlowRequestRecord]] = {}
         self.budgets: dict[str, LineBudget] = {}
         self.tails: dict[str, set[Tail]] = {}
 
@@ -123,6 +133,34 @@ class TenantLog:
             log.info("tenant %s pid %d: %s", tenant.id, pid, text)
             if tenant.id in self.tails:
                 self.publish(tenant.id, {"type": "log", **asdict(entry)})
+
+    def record_slow_request(
+        self,
+        tenant: Tenant,
+        pid: int,
+        request_id: str,
+        elapsed_ms: float,
+        stack: Sequence[StackEntry],
+    ) -> None:
+        """Log where a slow request spends its time, and keep it for a while.
+
+        ``stack`` comes from the worker: it is redacted and bounded here.
+        """
+        clean_stack = bounded_stack(
+            stack, lambda text: clean_line(redact(text, tenant))
+        )
+        record = SlowRequestRecord(
+            time.time(), request_id, pid, elapsed_ms, clean_stack
+        )
+        kept = self.slow.setdefault(tenant.id, deque(maxlen=KEPT_PER_TENANT))
+        kept.append(record)
+        self.emit_message(tenant, pid, record.as_text())
+        if tenant.id in self.tails:
+            self.publish(tenant.id, {"type": "slow", **record.as_dict()})
+
+    def slow_requests(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The tenant's last slow requests as JSON-ready dicts, newest last."""
+        return [record.as_dict() for record in self.slow.get(tenant_id, ())]
 
     def line_splitter(self, tenant: Tenant, pid: int) -> LineSplitter:
         """A splitter that turns a worker's raw log pipe into lines here."""

@@ -13,6 +13,7 @@ Each tenant folder holds ``tenant.toml``::
     timeout_ms = 5000
     memory_mb = 256
     max_concurrency = 64
+    slowlog_ms = 1000          # log the stack of requests slower than this
 
 Secret values never live in ``tenant.toml``. They are read, first found
 wins, from:
@@ -72,6 +73,17 @@ class Limits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # A worker whose resident memory passes this is replaced; 0: 3/4 of
     # memory_mb.
     memory_ceiling_mb: Annotated[int, Meta(ge=0, le=65_536)] = 0
+    # The stack of a request running longer than this goes to the tenant's
+    # log; 0: never. Below timeout_ms, or it would never fire.
+    slowlog_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 0
+
+    def __post_init__(self) -> None:
+        """Check what spans fields, which Meta cannot express."""
+        if self.slowlog_ms >= self.timeout_ms:
+            raise ValueError(
+                f"slowlog_ms ({self.slowlog_ms}) must be below "
+                f"timeout_ms ({self.timeout_ms})"
+            )
 
 
 class Egress(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

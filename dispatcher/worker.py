@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import re
 import signal
@@ -87,6 +88,8 @@ class Worker:
         # Outbound calls: which request ids are in flight here, the calls
         # under way, and who makes them.
         self.request_ids: dict[int, str] = {}
+        # Requests whose slow-request stack has been logged: one each.
+        self.slow_reported: set[int] = set()
         self.subrequests: dict[str, int] = {}
         self.outbound_tasks: set[asyncio.Task[None]] = set()
         self.outbound_gateway: OutboundGateway = NO_OUTBOUND
@@ -172,6 +175,7 @@ class Worker:
             secret_names=list(config.secrets),
             memory_mb=config.limits.memory_mb,
             cpu_seconds=config.limits.cpu_seconds,
+            slowlog_ms=config.limits.slowlog_ms,
             max_frame_bytes=self.settings.max_frame_bytes,
             seccomp_program=self.sandbox.seccomp_program,
             scratch_dir=str(self.sandbox.scratch_dir_for(self.tenant.id)),
@@ -284,6 +288,9 @@ class Worker:
         if isinstance(frame, frames.Outbound):
             self.start_outbound(frame)
             return
+        if isinstance(frame, frames.SlowRequest):
+            self.record_slow_request(frame)
+            return
 
         future = self.pending.pop(frame.id, None)
         if future is None or future.done():
@@ -304,6 +311,28 @@ class Worker:
         if problem is not None:
             raise ProtocolError(f"the worker sent a response HTTP forbids: {problem}")
         future.set_result(frame)
+
+    def record_slow_request(self, frame: frames.SlowRequest) -> None:
+        """Log where a slow request is, once, if it is in flight here.
+
+        The request id logged is the host's own; the worker only names the
+        frame id, which must be one of its requests still in flight.
+        """
+        request_id = self.request_ids.get(frame.id)
+        elapsed_ok = math.isfinite(frame.elapsed_ms) and frame.elapsed_ms >= 0
+        if request_id is None or frame.id in self.slow_reported or not elapsed_ok:
+            log.debug(
+                "tenant %s pid %d sent a slow-request stack for id %d, "
+                "not in flight or already sent",
+                self.tenant.id,
+                self.pid,
+                frame.id,
+            )
+            return
+        self.slow_reported.add(frame.id)
+        self.tenant_log.record_slow_request(
+            self.tenant, self.pid, request_id, frame.elapsed_ms, frame.stack
+        )
 
     def start_outbound(self, frame: frames.Outbound) -> None:
         """Hand a call of tenant code to the gateway; answer when it is done.
@@ -371,6 +400,7 @@ class Worker:
         finally:
             self.request_ids.pop(request.id, None)
             self.subrequests.pop(request.request_id, None)
+            self.slow_reported.discard(request.id)
 
     def write(self, frame: object) -> None:
         """Queue a frame to the worker; the transport never blocks the loop."""

@@ -7,7 +7,7 @@ field ``t`` names the type). One encoder and one decoder serve each pipe.
 Host to worker: ``Boot`` (once, first), ``Request``, ``Cancel``,
 ``Shutdown``, ``Ping``, ``OutboundResult``. Worker to host: ``Ready`` (once,
 first, carries the protocol version), ``Response``, ``Failure``, ``Log``,
-``Pong``, ``Outbound``.
+``Pong``, ``Outbound``, ``SlowRequest``.
 
 Requests are multiplexed: every ``Request`` carries an id chosen by the host,
 and the worker answers with a ``Response`` or ``Failure`` of the same id, in
@@ -22,7 +22,7 @@ import struct
 
 import msgspec
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Room for headers and framing on top of the largest body a frame may carry.
 FRAME_OVERHEAD_BYTES = 1024 * 1024
@@ -47,6 +47,8 @@ class Boot(msgspec.Struct, tag="boot", tag_field="t"):
     secret_names: list[str]
     memory_mb: int
     cpu_seconds: int
+    # Report the stack of a request running longer than this; 0: never.
+    slowlog_ms: int
     max_frame_bytes: int
     # The seccomp filter, compiled once by the host (see seccomp.py).
     seccomp_program: bytes
@@ -164,8 +166,32 @@ class Log(msgspec.Struct, tag="log", tag_field="t"):
     message: str
 
 
+class StackEntry(msgspec.Struct):
+    """One frame of tenant code: where it is and the source line there.
+
+    ``file`` is relative to the tenant's folder.
+    """
+
+    file: str
+    line: int
+    function: str
+    code: str
+
+
+class SlowRequest(msgspec.Struct, tag="slow_request", tag_field="t"):
+    """Request ``id`` has run past ``slowlog_ms``; here is where it is.
+
+    Sent at most once per request. ``stack`` holds only frames of the
+    tenant's own code, innermost last.
+    """
+
+    id: int
+    elapsed_ms: float
+    stack: list[StackEntry]
+
+
 ToWorker = Boot | Request | Cancel | Shutdown | Ping | OutboundResult
-ToHost = Ready | Response | Failure | Log | Pong | Outbound
+ToHost = Ready | Response | Failure | Log | Pong | Outbound | SlowRequest
 
 
 class FrameTooLarge(ValueError):

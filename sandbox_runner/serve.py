@@ -16,7 +16,9 @@ import asyncio
 import importlib.util
 import inspect
 import os
+import select
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -25,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from sandbox_runner import adapters, audit, frames, runtime
+from sandbox_runner import adapters, audit, frames, runtime, slowlog
 from sandbox_runner.confine import (
     FrameChannel,
     apply_syscall_filter,
@@ -116,6 +118,24 @@ def load_script(tenant_dir: str, script: str) -> Fetch:
     return fetch
 
 
+def secret_values(boot: frames.Boot) -> dict[str, str]:
+    """The tenant's secret values by name, to keep them out of its stacks."""
+    values = {name: boot.bindings.get(name) for name in boot.secret_names}
+    return {name: value for name, value in values.items() if isinstance(value, str)}
+
+
+def write_whole(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to a non-blocking pipe, waiting while it is full."""
+    view = memoryview(data)
+    writable = select.poll()
+    writable.register(fd, select.POLLOUT)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            writable.poll()
+
+
 def report_boot_failure(channel: FrameChannel, what: str, exc: BaseException) -> None:
     """Tell the host why the worker cannot serve; the caller then exits."""
     text = "".join(traceback.format_exception(exc))
@@ -144,6 +164,14 @@ class Runner:
         self.outbound = OutboundChannel(self.send)
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = frames.worker_decoder()
+        # Frames go out from the loop and from the slow-request watch
+        # thread; see send_from_thread.
+        self.send_lock = threading.Lock()
+        self.thread_encoder = msgspec.msgpack.Encoder()
+        stacks = slowlog.StackReader(boot.tenant_dir, secret_values(boot))
+        self.slow_watch = slowlog.SlowRequestWatch(
+            boot.slowlog_ms, stacks, self.send_from_thread
+        )
 
     async def serve(self, startup_ms: float, layers: list[str]) -> None:
         """Announce readiness, then handle frames until told to stop."""
@@ -157,6 +185,8 @@ class Runner:
             asyncio.Protocol, os.fdopen(self.channel.write_fd, "wb", buffering=0)
         )
         self.transport = transport
+        self.loop = loop
+        self.slow_watch.start()
 
         ready = frames.Ready(frames.PROTOCOL_VERSION, os.getpid(), startup_ms, layers)
         self.send(ready)
@@ -179,6 +209,7 @@ class Runner:
             if isinstance(frame, frames.Request):
                 task = asyncio.create_task(self.handle(frame))
                 self.tasks[frame.id] = task
+                self.slow_watch.track(frame.id, task)
             elif isinstance(frame, frames.Cancel):
                 self.cancel(frame.id)
             elif isinstance(frame, frames.Ping):
@@ -202,7 +233,28 @@ class Runner:
 
     def send(self, frame: object) -> None:
         """Write one frame to the host; the pipe transport buffers it."""
-        self.transport.write(frames.encode_frame(self.encoder, frame))
+        self.send_bytes(frames.encode_frame(self.encoder, frame))
+
+    def send_bytes(self, data: bytes) -> None:
+        with self.send_lock:
+            self.transport.write(data)
+
+    def send_from_thread(self, frame: object) -> None:
+        """Write a frame from another thread, even while the loop is blocked.
+
+        Tenant code that blocks the loop is when a slow request's stack
+        matters most, and the host may stop the worker at timeout_ms before
+        the loop runs again. Writing straight to the pipe keeps frames whole
+        as long as the transport holds no unsent bytes: it only writes
+        within send_bytes, under the same lock, or to flush bytes it holds.
+        When it does hold some, the frame takes its turn through the loop.
+        """
+        data = frames.encode_frame(self.thread_encoder, frame)
+        with self.send_lock:
+            if not self.transport.get_write_buffer_size():
+                write_whole(self.channel.write_fd, data)
+                return
+        self.loop.call_soon_threadsafe(self.send_bytes, data)
 
     async def handle(self, frame: frames.Request) -> None:
         """Run ``fetch`` for one request and send back its outcome."""
@@ -223,6 +275,7 @@ class Runner:
             answer = self.failure_for(frame.id, exc)
         finally:
             self.tasks.pop(frame.id, None)
+            self.slow_watch.forget(frame.id)
         self.send(answer)
         self.send_refusals()
 

@@ -207,6 +207,32 @@ async def test_too_many_or_odd_tags_are_refused(
     assert fine.status_code == 200 and fine.json()["tags"] == ["v1.2:beta"]
 
 
+async def test_slowlog_set_through_the_api_logs_where_requests_wait(
+    admin: httpx.AsyncClient,
+    public: httpx.AsyncClient,
+    api_dispatcher: DispatcherProcess,
+) -> None:
+    """limits.slowlog_ms reaches the worker; one it could never reach is refused."""
+    script = b"import asyncio\n\nasync def fetch(request, env, ctx):\n"
+    script += b"    await asyncio.sleep(0.4)\n    return {}\n"
+    assert (await upload(admin, "laggard", script)).status_code == 200
+    settings = f"{BASE}/laggard/settings"
+
+    refused = await admin.patch(
+        settings, json={"limits": {"timeout_ms": 1000, "slowlog_ms": 1000}}
+    )
+    patched = await admin.patch(settings, json={"limits": {"slowlog_ms": 150}})
+    slow = await public.get("/", headers={"x-customer-id": "laggard"})
+    await asyncio.sleep(0.1)
+
+    assert error_of(refused)["code"] == "invalid_settings"
+    assert "slowlog_ms (1000) must be below timeout_ms" in error_of(refused)["message"]
+    assert patched.status_code == 200
+    log = api_dispatcher.log()
+    assert f"slow request {slow.headers['x-request-id']}: " in log
+    assert "  worker.py:4 in fetch: await asyncio.sleep(0.4)" in log
+
+
 @pytest.mark.parametrize("name", ["Upper", "../etc", "a" * 64, "-dash", "a_b"])
 async def test_invalid_script_names_are_400(
     admin: httpx.AsyncClient, name: str

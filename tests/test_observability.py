@@ -38,6 +38,8 @@ async def fetch(request, env, ctx):
         raise RuntimeError("boom " + env["API_KEY"])
     if request.path == "/sleep":
         await asyncio.sleep(30)
+    if request.path == "/dawdle":
+        await asyncio.sleep(0.3)
     if request.path == "/print":
         marker = request.query.get("marker", [""])[0]
         print("printed", marker, env["API_KEY"], flush=True)
@@ -49,6 +51,7 @@ secrets = ["API_KEY"]
 
 [limits]
 timeout_ms = 400
+slowlog_ms = 150
 """
 RECYCLED_TOML = """
 script = "worker.py"
@@ -397,3 +400,22 @@ async def test_tails_are_bounded_and_released_when_clients_leave(
                     break
             assert time.monotonic() < deadline, "the closed tails were never released"
             await asyncio.sleep(0.1)
+
+
+def test_slow_requests_reach_the_tail_and_the_status(
+    observed: DispatcherProcess,
+) -> None:
+    tail = TailReader(observed, "obs-b")
+    try:
+        answer = send(observed, "obs-b", "/dawdle")
+        request_id = answer.headers["x-request-id"]
+        slow = tail.wait_for(lambda e: e["type"] == "slow", 2.0)
+        assert slow["request_id"] == request_id
+        innermost = slow["stack"][-1]
+        assert innermost["file"] == "worker.py"
+        assert innermost["function"] == "fetch"
+        assert innermost["code"] == "await asyncio.sleep(0.3)"
+    finally:
+        tail.close()
+    detail = api(observed, "/status/obs-b").json()
+    assert request_id in [s["request_id"] for s in detail["slow_requests"]]

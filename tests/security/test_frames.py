@@ -36,11 +36,26 @@ async def test_response_forged_for_a_foreign_id_reaches_nobody(
     assert await pid_of(client, FORGER) == worker
 
 
+async def test_slow_request_forged_for_a_foreign_id_is_not_logged(
+    client: httpx.AsyncClient, dispatcher: DispatcherProcess
+) -> None:
+    """A tenant could put stacks of its choosing under requests not its own."""
+    worker = await pid_of(client, FORGER)
+
+    response = await attack(client, dispatcher, FORGER, "/foreign-slow-request")
+    await asyncio.sleep(0.2)
+
+    assert response.json() == {"pid": worker}
+    assert await pid_of(client, FORGER) == worker
+    assert "forged stack line" not in dispatcher.log()
+
+
 @pytest.mark.parametrize(
     ("path", "code", "message"),
     [
         ("/ready", "protocol_error", "the worker sent a second ready frame"),
         ("/garbage", "protocol_error", "the worker sent a bad frame"),
+        ("/malformed-slow-request", "protocol_error", "the worker sent a bad frame"),
         ("/close-frame-out", "worker_crashed", "the worker closed its pipe"),
     ],
 )

@@ -36,6 +36,17 @@ def forge_response():
     return {"pid": os.getpid()}
 
 
+def forge_slow_request():
+    stack = [frames.StackEntry("forged.py", 1, "forged", "forged stack line")]
+    send(frames.SlowRequest(10**6, 1.0, stack))
+    return {"pid": os.getpid()}
+
+
+def write_malformed_slow_request():
+    send({"t": "slow_request", "id": 1, "elapsed_ms": "soon", "stack": []})
+    return {"pid": os.getpid()}
+
+
 def forge_ready():
     send(frames.Ready(frames.PROTOCOL_VERSION, 1, 0.0, ["none"]))
     return {"pid": os.getpid()}
@@ -76,6 +87,8 @@ def flood_log():
 ATTACKS = {
     "/foreign-response": forge_response,
     "/ready": forge_ready,
+    "/foreign-slow-request": forge_slow_request,
+    "/malformed-slow-request": write_malformed_slow_request,
     "/garbage": write_garbage,
     "/close-frame-in": lambda: close_fd(FRAME_IN_FD),
     "/close-frame-out": lambda: close_fd(FRAME_OUT_FD),
