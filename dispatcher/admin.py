@@ -32,6 +32,7 @@ from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
 from dispatcher.registry import (
+    EgressValue,
     InvalidInput,
     RegistryError,
     ScriptNotFound,
@@ -66,6 +67,8 @@ class Metadata(msgspec.Struct, forbid_unknown_fields=True):
     secrets: list[str] = []
     limits: dict[str, int | float] = {}
     tags: list[str] = []
+    # Where the script may call out: allow, max_subrequests, rate_limits.
+    egress: dict[str, EgressValue] = {}
 
 
 class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -75,6 +78,7 @@ class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
     secrets: list[str] | None = None
     limits: dict[str, int | float] | None = None
     tags: list[str] | None = None
+    egress: dict[str, EgressValue] | None = None
 
 
 def error_response(error: AdminError, request_id: str) -> Response:
@@ -189,6 +193,7 @@ def describe(version: ScriptVersion, startup_ms: float | None = None) -> dict[st
         "secrets": settings.secret_names,
         "limits": settings.limits,
         "tags": settings.tags,
+        "egress": settings.egress,
         "created_at": version.created_at,
         "active": version.active,
     }
@@ -242,7 +247,11 @@ async def read_multipart(
             name = getattr(value, "filename", None) or key
             files[str(name)] = raw
     settings = ScriptSettings(
-        metadata.vars, metadata.secrets, metadata.limits, metadata.tags
+        metadata.vars,
+        metadata.secrets,
+        metadata.limits,
+        metadata.tags,
+        metadata.egress,
     )
     check_binding_names(settings)
     return metadata.main_module, files, settings
@@ -335,6 +344,7 @@ def merged_settings(current: ScriptSettings, patch: SettingsPatch) -> ScriptSett
         secret_names=current.secret_names if patch.secrets is None else patch.secrets,
         limits=current.limits if patch.limits is None else patch.limits,
         tags=current.tags if patch.tags is None else patch.tags,
+        egress=current.egress if patch.egress is None else patch.egress,
     )
 
 
