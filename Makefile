@@ -11,8 +11,8 @@ STAMP := $(VENV)/.installed
 .PHONY: help setup run dev test bench soak wrk lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv/ and install the project with its dev tools
 
@@ -34,12 +34,16 @@ $(TOKEN):
 	@mkdir -p state
 	@umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 
+# customer-d's adapter delivers to a closed port on 127.0.0.1 (see its
+# tenant.toml): loopback is allowed for that one address, for local runs.
+RUN_ARGS := --tenants tenants --state state --admin-token-file $(TOKEN) \
+	--allow-private-egress 127.0.0.1/32
+
 run: setup $(TOKEN) ## serve tenants/ on 127.0.0.1:8787, the API on :8788
-	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN)
+	$(BIN)/switchyard run $(RUN_ARGS)
 
 dev: setup $(TOKEN) ## like run, with debug logs
-	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN) \
-		--log-level debug
+	$(BIN)/switchyard run $(RUN_ARGS) --log-level debug
 
 test: setup ## run the test suite
 	$(BIN)/pytest -q

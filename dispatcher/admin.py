@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dispatcher.console import CONSOLE_PATHS, add_console_routes
 from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
@@ -40,6 +41,7 @@ from dispatcher.registry import (
     ScriptVersion,
     VersionNotFound,
 )
+from dispatcher.served import served_code, served_script
 from dispatcher.tenants import BINDING_NAME, is_valid_tenant_id
 
 SCRIPTS = "/accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts"
@@ -97,14 +99,26 @@ def error_response(error: AdminError, request_id: str) -> Response:
 
 
 class BearerAuth:
-    """ASGI wrapper: no token 401, a wrong one 403, compared in constant time."""
+    """ASGI wrapper: no token 401, a wrong one 403, compared in constant time.
 
-    def __init__(self, app: Any, token: str) -> None:
+    ``public_paths`` are answered to a GET without a token: exact paths,
+    nothing below them. Only the console's page, script and style are
+    there - files that hold no data, and that a browser must load before
+    the page can ask for the token at all.
+    """
+
+    def __init__(
+        self, app: Any, token: str, public_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.public_paths = public_paths
+
+    def is_public(self, scope: Any) -> bool:
+        return scope["method"] == "GET" and scope["path"] in self.public_paths
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and not self.is_public(scope):
             given = dict(scope["headers"]).get(b"authorization")
             if given is None:
                 error = AdminError(401, "unauthorized", "a bearer token is required")
@@ -125,6 +139,7 @@ def build_admin_app(
     delivery_wake: asyncio.Event | None = None,
     circuit_breakers: Callable[[str], list[dict[str, object]]] | None = None,
     status: Callable[[], dict[str, Any]] | None = None,
+    tenant_status: Callable[[str], dict[str, Any] | None] | None = None,
 ) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
     app = FastAPI(title="Switchyard management API", version="1")
@@ -132,6 +147,17 @@ def build_admin_app(
     @app.get("/status", summary="Every tenant: version, state, counts, limits")
     async def get_status() -> dict[str, Any]:
         return status() if status else {"tenants": []}
+
+    # A minimal tenant detail: the /status entry plus recent log lines.
+    # Slow requests are not recorded yet, so that list stays empty.
+    @app.get("/status/{tenant}", summary="One tenant: status, logs, slow requests")
+    async def get_tenant_status(tenant: str) -> dict[str, Any]:
+        found = tenant_status(tenant) if tenant_status else None
+        if found is None:
+            named = tenant if is_valid_tenant_id(tenant) else ""
+            message = f"no tenant named {tenant[:64]!r}"
+            raise AdminError(404, "tenant_not_found", message, named)
+        return found
 
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:
@@ -158,10 +184,12 @@ def build_admin_app(
         return error_response(error, os.urandom(8).hex())
 
     add_script_routes(app, deployments)
+    add_serving_routes(app, deployments)
     add_secret_routes(app, deployments)
     add_version_routes(app, deployments)
     add_delivery_routes(app, deployments, deliveries, delivery_wake, circuit_breakers)
-    return BearerAuth(app, token)
+    add_console_routes(app)
+    return BearerAuth(app, token, CONSOLE_PATHS)
 
 
 def script_not_found(script: str) -> AdminError:
@@ -346,6 +374,28 @@ def merged_settings(current: ScriptSettings, patch: SettingsPatch) -> ScriptSett
         tags=current.tags if patch.tags is None else patch.tags,
         egress=current.egress if patch.egress is None else patch.egress,
     )
+
+
+def add_serving_routes(app: FastAPI, deployments: Deployments) -> None:
+    """What a script serves now, whether deployed here or from the folder."""
+
+    @app.get(SCRIPT + "/settings", summary="The settings the script serves with")
+    async def get_settings(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        served = served_script(deployments, name)
+        if served is None:
+            raise script_not_found(name)
+        return served.describe()
+
+    @app.get(SCRIPT + "/content", summary="The main module the script serves")
+    async def get_content(account: str, namespace: str, script: str) -> Response:
+        name = checked_script(namespace, script, deployments)
+        served = served_script(deployments, name)
+        code = served_code(deployments, name)
+        if served is None or code is None:
+            raise script_not_found(name)
+        # As uploaded: no charset is added, since none was declared.
+        return Response(code, headers={"content-type": served.content_type})
 
 
 def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:

@@ -45,7 +45,7 @@ from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
-from dispatcher.status import TenantStats, status_report
+from dispatcher.status import TenantStats, status_report, tenant_report
 from dispatcher.tenant_log import TenantLog
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
 from sandbox_runner import frames
@@ -113,12 +113,18 @@ class Dispatcher:
             self.delivery_wake,
             self.circuits_of,
             self.status,
+            self.tenant_status,
         )
         self.admin_port = port
 
     def status(self) -> dict[str, Any]:
         """Every tenant's state, counts and limits, for ``GET /status``."""
         return status_report(self.directory, self.pool, self.stats, self.gateway)
+
+    def tenant_status(self, tenant_id: str) -> dict[str, Any] | None:
+        """One tenant's entry with its recent log, for ``GET /status/{id}``."""
+        lines = self.tenant_log.recent(tenant_id)
+        return tenant_report(self.status(), tenant_id, lines)
 
     def outbound_rate(self, tenant_id: str, host: str) -> float:
         """Calls per second the tenant may make to ``host`` (0: no limit)."""

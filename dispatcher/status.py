@@ -18,6 +18,7 @@ from typing import Any
 from dispatcher.directory import TenantDirectory
 from dispatcher.outbound import EgressGateway
 from dispatcher.pool import WorkerPool
+from dispatcher.tenant_log import LogLine
 
 
 class TenantStats:
@@ -74,3 +75,16 @@ def status_report(
             }
         )
     return {"tenants": tenants, "warm_workers": len(pool.workers)}
+
+
+def tenant_report(
+    report: dict[str, Any], tenant_id: str, lines: list[LogLine]
+) -> dict[str, Any] | None:
+    """One tenant's ``/status`` entry with its recent log; None if unknown."""
+    for entry in report["tenants"]:
+        if entry["tenant"] == tenant_id:
+            logs = [
+                {"at": line.at, "pid": line.pid, "text": line.text} for line in lines
+            ]
+            return {**entry, "logs": logs, "slow_requests": []}
+    return None
