@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run dev test bench soak wrk lint clean
+.PHONY: help setup run dev test test-browser bench soak wrk lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -45,8 +45,23 @@ run: setup $(TOKEN) ## serve tenants/ on 127.0.0.1:8787, the API on :8788
 dev: setup $(TOKEN) ## like run, with debug logs
 	$(BIN)/switchyard run $(RUN_ARGS) --log-level debug
 
-test: setup ## run the test suite
-	$(BIN)/pytest -q
+test: setup ## run the test suite (the browser tests aside)
+	$(BIN)/pytest -q -m 'not browser'
+
+BROWSER_STAMP := $(VENV)/.installed-browser
+CHROMIUM := /usr/bin/chromium
+
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,browser]'
+	@touch $@
+
+# Debian's Chromium, driven by Playwright; as root with apt-get, .ci/run
+# installs it. Missing here is a failure, never a skip.
+test-browser: setup $(BROWSER_STAMP) ## the console in headless Chromium
+	@test -x $(CHROMIUM) || \
+		{ echo "make test-browser needs $(CHROMIUM): install the Debian" \
+			"package 'chromium'" >&2; exit 1; }
+	SWITCHYARD_BROWSER_TESTS=required $(BIN)/pytest -q -m browser
 
 # wrk is the load generator; as root with apt-get it is installed here.
 wrk:
