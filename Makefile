@@ -8,11 +8,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run dev test bench soak wrk lint clean
+.PHONY: help setup run dev test test-browser bench soak wrk lint clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | \
-		awk -F':.*## ' '{printf "  make %-6s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv/ and install the project with its dev tools
 
@@ -34,15 +34,34 @@ $(TOKEN):
 	@mkdir -p state
 	@umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))' > $@
 
+# customer-d's adapter delivers to a closed port on 127.0.0.1 (see its
+# tenant.toml): loopback is allowed for that one address, for local runs.
+RUN_ARGS := --tenants tenants --state state --admin-token-file $(TOKEN) \
+	--allow-private-egress 127.0.0.1/32
+
 run: setup $(TOKEN) ## serve tenants/ on 127.0.0.1:8787, the API on :8788
-	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN)
+	$(BIN)/switchyard run $(RUN_ARGS)
 
 dev: setup $(TOKEN) ## like run, with debug logs
-	$(BIN)/switchyard run --tenants tenants --state state --admin-token-file $(TOKEN) \
-		--log-level debug
+	$(BIN)/switchyard run $(RUN_ARGS) --log-level debug
 
-test: setup ## run the test suite
-	$(BIN)/pytest -q
+test: setup ## run the test suite (the browser tests aside)
+	$(BIN)/pytest -q -m 'not browser'
+
+BROWSER_STAMP := $(VENV)/.installed-browser
+CHROMIUM := /usr/bin/chromium
+
+$(BROWSER_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,browser]'
+	@touch $@
+
+# Debian's Chromium, driven by Playwright; as root with apt-get, .ci/run
+# installs it. Missing here is a failure, never a skip.
+test-browser: setup $(BROWSER_STAMP) ## the console in headless Chromium
+	@test -x $(CHROMIUM) || \
+		{ echo "make test-browser needs $(CHROMIUM): install the Debian" \
+			"package 'chromium'" >&2; exit 1; }
+	SWITCHYARD_BROWSER_TESTS=required $(BIN)/pytest -q -m browser
 
 # wrk is the load generator; as root with apt-get it is installed here.
 wrk:

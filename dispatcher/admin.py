@@ -30,10 +30,12 @@ from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from dispatcher.console import CONSOLE_PATHS, add_console_routes
 from dispatcher.deliveries import DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
 from dispatcher.registry import (
+    EgressValue,
     InvalidInput,
     RegistryError,
     ScriptNotFound,
@@ -41,6 +43,7 @@ from dispatcher.registry import (
     ScriptVersion,
     VersionNotFound,
 )
+from dispatcher.served import served_code, served_script
 from dispatcher.tenant_log import LogLine, Tail, TenantLog
 from dispatcher.tenants import BINDING_NAME, is_valid_tenant_id
 
@@ -80,6 +83,8 @@ class Metadata(msgspec.Struct, forbid_unknown_fields=True):
     secrets: list[str] = []
     limits: dict[str, int | float] = {}
     tags: Tags = []
+    # Where the script may call out: allow, max_subrequests, rate_limits.
+    egress: dict[str, EgressValue] = {}
 
 
 class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,6 +94,7 @@ class SettingsPatch(msgspec.Struct, forbid_unknown_fields=True):
     secrets: list[str] | None = None
     limits: dict[str, int | float] | None = None
     tags: Tags | None = None
+    egress: dict[str, EgressValue] | None = None
 
 
 def error_response(error: AdminError, request_id: str) -> Response:
@@ -108,19 +114,31 @@ def error_response(error: AdminError, request_id: str) -> Response:
 
 # Probes a load balancer or an orchestrator sends without credentials. They
 # answer with states only ("ok", "ready"), never a tenant's name or data.
-UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/readyz"})
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class BearerAuth:
-    """ASGI wrapper: no token 401, a wrong one 403, compared in constant time."""
+    """ASGI wrapper: no token 401, a wrong one 403, compared in constant time.
 
-    def __init__(self, app: Any, token: str) -> None:
+    ``public_paths`` are answered to a GET without a token: exact paths,
+    nothing below them. Only two kinds are there: the console's page,
+    script and style - files that hold no data, and that a browser must
+    load before the page can ask for the token at all - and the health
+    probes, which answer with states only.
+    """
+
+    def __init__(
+        self, app: Any, token: str, public_paths: frozenset[str] = frozenset()
+    ) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode()
+        self.public_paths = public_paths
+
+    def is_public(self, scope: Any) -> bool:
+        return scope["method"] == "GET" and scope["path"] in self.public_paths
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        is_probe = scope.get("path") in UNAUTHENTICATED_PATHS
-        if scope["type"] == "http" and not (is_probe and scope["method"] == "GET"):
+        if scope["type"] == "http" and not self.is_public(scope):
             given = dict(scope["headers"]).get(b"authorization")
             if given is None:
                 error = AdminError(401, "unauthorized", "a bearer token is required")
@@ -183,12 +201,14 @@ def build_admin_app(
         return error_response(error, os.urandom(8).hex())
 
     add_script_routes(app, deployments)
+    add_serving_routes(app, deployments)
     add_secret_routes(app, deployments)
     add_version_routes(app, deployments)
     if operations is not None:
         add_delivery_routes(app, deployments, operations)
         add_operations_routes(app, deployments, operations)
-    return BearerAuth(app, token)
+    add_console_routes(app)
+    return BearerAuth(app, token, CONSOLE_PATHS | PROBE_PATHS)
 
 
 def add_operations_routes(
@@ -300,6 +320,7 @@ def describe(version: ScriptVersion, startup_ms: float | None = None) -> dict[st
         "secrets": settings.secret_names,
         "limits": settings.limits,
         "tags": settings.tags,
+        "egress": settings.egress,
         "created_at": version.created_at,
         "active": version.active,
     }
@@ -353,7 +374,11 @@ async def read_multipart(
             name = getattr(value, "filename", None) or key
             files[str(name)] = raw
     settings = ScriptSettings(
-        metadata.vars, metadata.secrets, metadata.limits, metadata.tags
+        metadata.vars,
+        metadata.secrets,
+        metadata.limits,
+        metadata.tags,
+        metadata.egress,
     )
     check_binding_names(settings)
     return metadata.main_module, files, settings
@@ -446,7 +471,30 @@ def merged_settings(current: ScriptSettings, patch: SettingsPatch) -> ScriptSett
         secret_names=current.secret_names if patch.secrets is None else patch.secrets,
         limits=current.limits if patch.limits is None else patch.limits,
         tags=current.tags if patch.tags is None else patch.tags,
+        egress=current.egress if patch.egress is None else patch.egress,
     )
+
+
+def add_serving_routes(app: FastAPI, deployments: Deployments) -> None:
+    """What a script serves now, whether deployed here or from the folder."""
+
+    @app.get(SCRIPT + "/settings", summary="The settings the script serves with")
+    async def get_settings(account: str, namespace: str, script: str) -> dict[str, Any]:
+        name = checked_script(namespace, script, deployments)
+        served = served_script(deployments, name)
+        if served is None:
+            raise script_not_found(name)
+        return served.describe()
+
+    @app.get(SCRIPT + "/content", summary="The main module the script serves")
+    async def get_content(account: str, namespace: str, script: str) -> Response:
+        name = checked_script(namespace, script, deployments)
+        served = served_script(deployments, name)
+        code = served_code(deployments, name)
+        if served is None or code is None:
+            raise script_not_found(name)
+        # As uploaded: no charset is added, since none was declared.
+        return Response(code, headers={"content-type": served.content_type})
 
 
 def add_secret_routes(app: FastAPI, deployments: Deployments) -> None:

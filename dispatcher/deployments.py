@@ -32,7 +32,13 @@ from dispatcher.registry import (
     ScriptSettings,
     ScriptVersion,
 )
-from dispatcher.tenants import Limits, Tenant, TenantConfig, with_adapter_policy
+from dispatcher.tenants import (
+    Egress,
+    Limits,
+    Tenant,
+    TenantConfig,
+    with_adapter_policy,
+)
 from sandbox_runner import adapters
 
 log = logging.getLogger("dispatcher.deployments")
@@ -65,7 +71,7 @@ class Deployments:
     ) -> tuple[ScriptVersion, float]:
         """Trial-load and serve new code; record it only once it serves."""
         check_files(main_module, files)
-        check_limits(settings)
+        check_limits_and_egress(settings)
         staged = StagedVersion(script, main_module, files, settings)
 
         folder = staged.folder(self.root)
@@ -111,7 +117,7 @@ class Deployments:
         self, current: ScriptVersion, settings: ScriptSettings
     ) -> float:
         """Serve the current code with new settings (trial-loaded first)."""
-        check_limits(settings)
+        check_limits_and_egress(settings)
         staged = StagedVersion(
             current.script, current.main_module, current.files, settings
         )
@@ -211,11 +217,16 @@ def check_files(main_module: str, files: dict[str, bytes]) -> None:
         )
 
 
-def check_limits(settings: ScriptSettings) -> None:
+def check_limits_and_egress(settings: ScriptSettings) -> None:
+    """Refuse limits or an egress policy out of their ranges, naming where."""
     try:
         msgspec.convert(settings.limits, Limits)
     except msgspec.ValidationError as exc:
         raise DeployRefused(f"limits: {exc}") from None
+    try:
+        msgspec.convert(settings.egress, Egress)
+    except msgspec.ValidationError as exc:
+        raise DeployRefused(f"egress: {exc}") from None
 
 
 def tenant_for(
@@ -231,6 +242,7 @@ def tenant_for(
         secrets=list(settings.secret_names),
         vars=dict(settings.vars),
         limits=msgspec.convert(settings.limits, Limits),
+        egress=msgspec.convert(settings.egress, Egress),
     )
     if main_module.endswith(".json"):
         try:

@@ -367,15 +367,15 @@ def read_tenant_folder(
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The ``metadata`` part and the files to upload for one tenant folder.
 
-    Only the limits tenant.toml sets are sent, so that the dispatcher's
-    defaults keep applying to the rest.
+    Only the limits and egress settings tenant.toml sets are sent, so that
+    the dispatcher's defaults keep applying to the rest.
     """
     toml_path = folder / "tenant.toml"
     if not toml_path.is_file():
         raise ManageError(f"{folder} is not a tenant folder: it has no tenant.toml")
     try:
         config = read_tenant_config(folder)
-        limits = tomllib.loads(toml_path.read_text()).get("limits", {})
+        table = tomllib.loads(toml_path.read_text())
     except ValueError as exc:
         raise ManageError(f"{toml_path}: {exc}") from None
 
@@ -388,8 +388,9 @@ def read_tenant_folder(
         "main_module": config.script,
         "vars": config.vars,
         "secrets": config.secrets,
-        "limits": limits,
+        "limits": table.get("limits", {}),
         "tags": tags,
+        "egress": table.get("egress", {}),
     }
     return metadata, files
 

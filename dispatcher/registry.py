@@ -41,6 +41,8 @@ from sandbox_runner.frames import BindingValue
 
 log = logging.getLogger("dispatcher.registry")
 
+EgressValue = list[str] | int | dict[str, float]
+
 # Flat names only: a leading dot would hide a file, a slash would leave
 # the script's folder.
 FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}\.(?:py|json)")
@@ -76,6 +78,10 @@ class ScriptSettings:
     # Fields of dispatcher.tenants.Limits; the caller checks their ranges.
     limits: dict[str, int | float] = field(default_factory=dict)
     tags: list[str] = field(default_factory=list)
+    # Fields of dispatcher.tenants.Egress (allow, max_subrequests,
+    # rate_limits); the caller checks them. Versions stored before this
+    # field existed decode with none: no outbound calls, as they had.
+    egress: dict[str, EgressValue] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -219,8 +225,11 @@ def check_code(main_module: str, files: Mapping[str, bytes]) -> None:
             raise InvalidInput(
                 f"file {name!r} must be bytes, not {type(content).__name__}"
             )
-    if not main_module.endswith(".py") or main_module not in files:
-        raise InvalidInput(f"main module {main_module!r} must be one of the .py files")
+    # A .json main module is a declarative adapter; the deploy checks it.
+    if main_module not in files:
+        raise InvalidInput(
+            f"main module {main_module!r} must be one of the uploaded files"
+        )
 
 
 def check_settings(settings: ScriptSettings) -> ScriptSettings:

@@ -358,6 +358,69 @@ async def test_adapter_with_a_bad_mapping_path_is_refused_at_deploy(
     assert "'slack.mesage'" in response.json()["error"]["message"]
 
 
+async def put_http_adapter(
+    dispatcher: DispatcherProcess, script: str, target: str, egress: object
+) -> httpx.Response:
+    """Deploy a JSON-to-http adapter through the API with this egress."""
+    adapter = {
+        "name": "to ledger",
+        "trigger": "generic_json",
+        "target": "http",
+        "mapping": {"json.amount": "http.total"},
+    }
+    metadata = {
+        "main_module": "adapter.json",
+        "vars": {"TARGET_URL": target},
+        "egress": egress,
+    }
+    files = {
+        "metadata": (None, json.dumps(metadata), "application/json"),
+        "adapter.json": ("adapter.json", json.dumps(adapter), "application/json"),
+    }
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=dispatcher.admin_url or "") as admin:
+        return await admin.put(
+            API.replace("deliverer", script), files=files, headers=headers
+        )
+
+
+async def test_adapter_deployed_through_the_api_delivers_within_its_egress(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    """The egress allowlist sent at deploy lets the adapter's target through."""
+    deployed = await put_http_adapter(
+        delivering, "api-adapter", f"{upstream.url}/ledger", {"allow": ["127.0.0.1"]}
+    )
+    assert deployed.status_code == 200, deployed.text
+    assert deployed.json()["egress"] == {"allow": ["127.0.0.1"]}
+
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as http:
+        accepted = await http.post(
+            "/", headers={"x-customer-id": "api-adapter"}, json={"amount": 42}
+        )
+    assert accepted.status_code == 202, accepted.text
+
+    deadline = time.monotonic() + 10
+    while not upstream.requests_to("/ledger") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert [json.loads(r.body) for r in upstream.requests_to("/ledger")] == [
+        {"total": 42}
+    ]
+
+
+async def test_egress_settings_out_of_range_are_refused_at_deploy(
+    delivering: DispatcherProcess,
+) -> None:
+    """An egress policy the dispatcher cannot enforce is a 400 naming the field."""
+    response = await put_http_adapter(
+        delivering, "bad-egress", "http://127.0.0.1:9/", {"max_subrequests": -1}
+    )
+
+    assert response.status_code == 400
+    assert "egress" in response.json()["error"]["message"]
+    assert "max_subrequests" in response.json()["error"]["message"]
+
+
 async def test_circuit_opens_on_a_failing_host_and_closes_when_it_recovers(
     delivering: DispatcherProcess, upstream: FakeUpstream
 ) -> None:

@@ -410,18 +410,31 @@ def test_invalid_file_names_are_refused(registry: Registry, name: str) -> None:
     assert registry.active_version("prod", "acme") is None
 
 
+def test_adapter_main_module_is_stored_with_its_egress(registry: Registry) -> None:
+    """A declarative adapter (.json main module) is a version like code."""
+    files = {"adapter.json": b"{}"}
+    settings = ScriptSettings(egress={"allow": ["api.notion.com"]})
+
+    registry.put_version("prod", "acme", "adapter.json", files, settings)
+
+    version = registry.active_version("prod", "acme")
+    assert version is not None
+    assert version.main_module == "adapter.json"
+    assert version.settings.egress == {"allow": ["api.notion.com"]}
+
+
 @pytest.mark.parametrize(
     ("main_module", "files", "message"),
     [
         ("missing.py", WORKER, "main module 'missing.py'"),
-        ("data.json", {"data.json": b"{}"}, "main module 'data.json'"),
+        ("adapter.json", WORKER, "main module 'adapter.json'"),
         ("worker.py", {"worker.py": "text"}, "must be bytes, not str"),
     ],
 )
 def test_invalid_code_is_refused(
     registry: Registry, main_module: str, files: dict[str, bytes], message: str
 ) -> None:
-    """The main module must be one of the uploaded .py files, and files bytes."""
+    """The main module must be one of the uploaded files, and files bytes."""
     with pytest.raises(InvalidInput, match=message):
         registry.put_version("prod", "acme", main_module, files, ScriptSettings())
 
