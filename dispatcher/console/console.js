@@ -42,8 +42,11 @@ function millis(latency, key) {
   return typeof value === "number" ? `${value.toFixed(1)} ms` : "-";
 }
 
+// A tenant with no live worker holds no memory worth a number: "-".
 function mebibytes(bytes) {
-  return typeof bytes === "number" ? `${(bytes / 1048576).toFixed(1)} MiB` : "-";
+  return typeof bytes === "number" && bytes > 0
+    ? `${(bytes / 1048576).toFixed(1)} MiB`
+    : "-";
 }
 
 function counted(number, noun) {
