@@ -30,6 +30,14 @@ LEDGER_ADAPTER = {
     "retry_policy": {"max": 2, "backoff": "exponential"},
 }
 PRINTER = "async def fetch(request, env, ctx):\n    print(request.text())\n"
+# A tenant that does everything it can to show its secret: prints it, and
+# raises with it. The console must show only "[secret API_KEY]".
+SECRET_VALUE = "sk-console-secret-4f9a2b7c"
+TELLTALE = """
+async def fetch(request, env, ctx):
+    print("my key is", env["API_KEY"])
+    raise RuntimeError("failed with " + env["API_KEY"])
+"""
 
 
 def write_console_tenants(folder: Path, ledger_url: str) -> Path:
@@ -58,6 +66,9 @@ def write_console_tenants(folder: Path, ledger_url: str) -> Path:
     (printer / "tenant.toml").write_text('script = "worker.py"\n')
     unpaid = shutil.copytree(printer, folder / "unpaid")
     (unpaid / "tenant.toml").write_text('script = "worker.py"\nsecrets = ["API_KEY"]\n')
+    telltale = shutil.copytree(unpaid, folder / "telltale")
+    (telltale / "worker.py").write_text(TELLTALE)
+    (telltale / "secrets.demo.toml").write_text(f'API_KEY = "{SECRET_VALUE}"\n')
     return folder
 
 

@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from tests.conftest import EXAMPLES, DispatcherProcess
-from tests.console.conftest import SCRIPTS, TOKEN
+from tests.console.conftest import SCRIPTS, SECRET_VALUE, TOKEN
 from tests.upstream import FakeUpstream
 
 pytestmark = pytest.mark.browser
@@ -267,6 +267,23 @@ def test_adapter_edit_is_checked_deployed_and_serves_the_next_request(
     wait_until(lambda: len(upstream.requests_to("/ledger")) > before, "the delivery")
     delivered = json.loads(upstream.requests_to("/ledger")[-1].body)
     assert delivered == {"event": "PAYMENT.CAPTURE.COMPLETED", "total": "120.00"}
+
+
+def test_a_tenants_secret_never_reaches_the_page(
+    page: Any, console_dispatcher: DispatcherProcess
+) -> None:
+    """Printed or raised, the value shows as its name only, on every view."""
+    assert send(console_dispatcher, "telltale", b"{}").status_code == 500
+
+    page.goto(f"{console_dispatcher.admin_url}/console#/tenants/telltale")
+    page.wait_for_selector("#logs td.log-text:text-is('my key is [secret API_KEY]')")
+    page.wait_for_selector(
+        "#logs td.log-text:text-is('RuntimeError: failed with [secret API_KEY]')"
+    )
+    assert SECRET_VALUE not in page.content()
+    page.goto(f"{console_dispatcher.admin_url}/console#/tenants")
+    page.wait_for_selector("tr[data-tenant=telltale]")
+    assert SECRET_VALUE not in page.content()
 
 
 def test_no_script_error_on_any_page(page: Any) -> None:
