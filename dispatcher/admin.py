@@ -282,6 +282,8 @@ async def tail_events(
             if dropped:
                 yield sse_event("dropped", {"type": "dropped", "dropped": dropped})
             yield sse_event(str(event["type"]), event)
+            if event["type"] == "end":
+                return
     finally:
         tenant_log.unfollow(name, follower)
 

@@ -506,6 +506,8 @@ def describe_event(event: dict[str, Any]) -> str:
             f"{at} {event['method']} {event['path']} -> {event['status']}{code} "
             f"{event['duration_ms']} ms ({event['start']}, pid {event['pid']})"
         )
+    if kind == "end":
+        return f"{at} tail ended: {event['reason']}"
     if kind == "dropped":
         return f"{at} ... {event['dropped']} events dropped: this tail read too slowly"
     return f"{at} {json.dumps(event)}"

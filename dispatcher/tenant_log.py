@@ -170,6 +170,17 @@ class TenantLog:
         """The last lines of a tenant's log, oldest first."""
         return list(self.history.get(tenant_id, ()))
 
+    def forget(self, tenant_id: str) -> None:
+        """Drop a deleted tenant's history, budget and slow requests.
+
+        Whoever follows it is told the script is gone and their tail ends.
+        """
+        self.history.pop(tenant_id, None)
+        self.slow.pop(tenant_id, None)
+        self.budgets.pop(tenant_id, None)
+        for tail in self.tails.pop(tenant_id, set()):
+            tail.end("the script was deleted")
+
     def follow(self, tenant_id: str) -> Tail:
         """Start following a tenant's log; call ``unfollow`` when done."""
         tail = Tail()
@@ -204,12 +215,27 @@ class Tail:
     def __init__(self, max_events: int = TAIL_QUEUE_EVENTS) -> None:
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_events)
         self.dropped = 0
+        self.ended = ""
 
     def put(self, event: dict[str, Any]) -> None:
+        if self.ended:
+            return
         try:
             self.events.put_nowait(event)
         except asyncio.QueueFull:
             self.dropped += 1
+
+    def end(self, reason: str) -> None:
+        """Tell the follower the tail is over; it reads this last."""
+        self.ended = reason
+        event = {"type": "end", "reason": reason}
+        try:
+            self.events.put_nowait(event)
+        except asyncio.QueueFull:
+            # A full queue still ends: make room by dropping the oldest.
+            self.events.get_nowait()
+            self.dropped += 1
+            self.events.put_nowait(event)
 
     def take_dropped(self) -> int:
         """Events lost since last asked, to tell the follower."""
