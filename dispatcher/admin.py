@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -26,6 +27,7 @@ from typing import Annotated, Any, Protocol
 import msgspec
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -46,6 +48,8 @@ from dispatcher.registry import (
 from dispatcher.served import served_code, served_script
 from dispatcher.tenant_log import LogLine, Tail, TenantLog
 from dispatcher.tenants import BINDING_NAME, is_valid_tenant_id
+
+log = logging.getLogger("dispatcher.admin")
 
 SCRIPTS = "/accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts"
 SCRIPT = SCRIPTS + "/{script}"
@@ -161,11 +165,13 @@ class Operations(Protocol):
 
     def circuits_of(self, tenant: str) -> list[dict[str, object]]: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def has_tenant(self, tenant_id: str) -> bool: ...
 
-    def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None: ...
+    async def status(self) -> dict[str, Any]: ...
 
-    def metrics_text(self) -> bytes: ...
+    async def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None: ...
+
+    async def metrics_text(self) -> bytes: ...
 
     async def readiness(self) -> tuple[bool, dict[str, str]]: ...
 
@@ -174,7 +180,11 @@ def build_admin_app(
     deployments: Deployments, token: str, operations: Operations | None = None
 ) -> BearerAuth:
     """The management API, wrapped in its bearer-token check."""
-    app = FastAPI(title="Switchyard management API", version="1")
+    # No redirect to the slash-less path: a 307 with an empty body is no
+    # answer in the documented shape; the path is simply not found.
+    app = FastAPI(
+        title="Switchyard management API", version="1", redirect_slashes=False
+    )
 
     @app.exception_handler(AdminError)
     async def on_admin_error(request: Request, exc: AdminError) -> Response:
@@ -193,6 +203,28 @@ def build_admin_app(
     async def on_missing_script(request: Request, exc: ScriptNotFound) -> Response:
         script = str(request.path_params.get("script", ""))
         return error_response(script_not_found(script), os.urandom(8).hex())
+
+    @app.exception_handler(RequestValidationError)
+    async def on_bad_parameter(
+        request: Request, exc: RequestValidationError
+    ) -> Response:
+        script = str(request.path_params.get("script", ""))
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        error = AdminError(400, "invalid_request", problems[:500], script)
+        return error_response(error, os.urandom(8).hex())
+
+    # The state database failed under a route (a full disk, a read-only
+    # file): the operator's problem, not the caller's; say so in the shape.
+    @app.exception_handler(RegistryError)
+    async def on_registry_error(request: Request, exc: RegistryError) -> Response:
+        log.error("management API: the registry failed: %s", exc)
+        error = AdminError(
+            503, "state_unavailable", "the state database cannot be used now"
+        )
+        return error_response(error, os.urandom(8).hex())
 
     @app.exception_handler(InvalidInput)
     async def on_invalid_input(request: Request, exc: InvalidInput) -> Response:
@@ -228,16 +260,16 @@ def add_operations_routes(
 
     @app.get("/metrics", summary="Prometheus metrics, per tenant and host")
     async def metrics() -> Response:
-        return Response(operations.metrics_text(), 200, None, METRICS_TYPE)
+        return Response(await operations.metrics_text(), 200, None, METRICS_TYPE)
 
     @app.get("/status", summary="Every tenant: version, state, counts, limits")
     async def get_status() -> dict[str, Any]:
-        return operations.status()
+        return await operations.status()
 
     @app.get("/status/{script}", summary="One tenant: status, recent logs, slow stacks")
     async def get_tenant_status(script: str) -> dict[str, Any]:
         name = checked_script(deployments.namespace, script, deployments)
-        detail = operations.tenant_detail(name)
+        detail = await operations.tenant_detail(name)
         if detail is None:
             raise script_not_found(name)
         return detail
@@ -247,7 +279,7 @@ def add_operations_routes(
         account: str, namespace: str, script: str, recent: int = 0
     ) -> StreamingResponse:
         name = checked_script(namespace, script, deployments)
-        if operations.tenant_detail(name) is None:
+        if not operations.has_tenant(name):
             raise script_not_found(name)
         tenant_log = operations.tenant_log
         if len(tenant_log.tails.get(name, ())) >= MAX_TAILS_PER_SCRIPT:
@@ -553,7 +585,10 @@ def secret_value_of(body: bytes, request: Request) -> str:
                 400, "invalid_secret", 'send {"text": "..."} or plain text'
             ) from None
         return value
-    return body.decode("utf-8", "strict")
+    # A file sent as the body (curl --data-binary @token.txt) ends with the
+    # newline its editor added; that newline is no part of the secret.
+    text = body.decode("utf-8", "strict")
+    return text.removesuffix("\n").removesuffix("\r")
 
 
 def add_version_routes(app: FastAPI, deployments: Deployments) -> None:

@@ -39,7 +39,7 @@ from dispatcher.errors import (
     TenantNotFound,
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
-from dispatcher.metrics import metrics_registry, metrics_text
+from dispatcher.metrics import MetricsSnapshot, metrics_registry, metrics_text
 from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.pool import RequestTrace, WorkerPool
@@ -48,8 +48,13 @@ from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
-from dispatcher.status import RequestStats, status_report, tenant_status
-from dispatcher.tenant_log import TenantLog
+from dispatcher.status import (
+    RequestStats,
+    status_report,
+    tenant_status,
+    usage_of,
+)
+from dispatcher.tenant_log import TenantLog, redact_path
 from dispatcher.tenants import Tenant, is_valid_tenant_id, load_tenants
 from sandbox_runner import frames
 from sandbox_runner.responses import NO_BODY_STATUSES
@@ -100,6 +105,7 @@ class Dispatcher:
         self.rate_limiter = RateLimiter()
         self.stats = RequestStats()
         self.metrics = metrics_registry(self)
+        self.metrics_snapshot = MetricsSnapshot({}, {})
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
         # The management API, answered only on its own listener's port.
@@ -113,17 +119,25 @@ class Dispatcher:
         self.admin_app = build_admin_app(self.deployments, token, self)
         self.admin_port = port
 
-    def status(self) -> dict[str, Any]:
+    def has_tenant(self, tenant_id: str) -> bool:
+        return tenant_id in self.directory.tenants
+
+    async def status(self) -> dict[str, Any]:
         """Every tenant's state, counts and limits, for ``GET /status``."""
         self.stats.forget_missing(set(self.directory.tenants))
-        return status_report(self.directory, self.pool, self.stats, self.gateway)
+        usage = await usage_of(self.pool.workers)
+        return status_report(self.directory, self.pool, self.stats, self.gateway, usage)
 
-    def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None:
+    async def tenant_detail(self, tenant_id: str) -> dict[str, Any] | None:
         """One tenant's status with its recent log lines; None if unknown."""
         if tenant_id not in self.directory.tenants:
             return None
+        workers = [w for w in self.pool.workers if w.tenant.id == tenant_id]
+        usage = await usage_of(workers)
+        if tenant_id not in self.directory.tenants:
+            return None  # deleted while its usage was read
         detail = tenant_status(
-            tenant_id, self.directory, self.pool, self.stats, self.gateway
+            tenant_id, self.directory, self.pool, self.stats, self.gateway, usage
         )
         detail["logs"] = [
             {"at": line.at, "pid": line.pid, "text": line.text}
@@ -133,12 +147,17 @@ class Dispatcher:
         detail["circuits"] = self.circuits_of(tenant_id)
         return detail
 
-    def metrics_text(self) -> bytes:
-        """Every metric in Prometheus' text format."""
-        return metrics_text(self.metrics)
+    async def metrics_text(self) -> bytes:
+        """Every metric in Prometheus' text format.
 
-    def delivery_counts(self) -> dict[tuple[str, str], int]:
-        return self.delivery_store.counts_by_tenant()
+        What takes time to read - the workers' memory, the deliveries'
+        counts - is read on threads first; the text is then written from
+        that snapshot and the in-memory counts, on the loop, in one go.
+        """
+        usage = await usage_of(self.pool.workers)
+        deliveries = await asyncio.to_thread(self.delivery_store.counts_by_tenant)
+        self.metrics_snapshot = MetricsSnapshot(usage, deliveries)
+        return metrics_text(self.metrics)
 
     def circuit_counts(self) -> Counter[tuple[str, str]]:
         """Target hosts per tenant and circuit state."""
@@ -187,6 +206,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Read the tenants, warm the prewarm ones, then freeze the heap."""
+        self.loop = asyncio.get_running_loop()
         tenants = load_tenants(self.settings.tenants_dir, self.settings.state_dir)
         self.directory.tenants = tenants
         names = list(tenants)
@@ -219,6 +239,14 @@ class Dispatcher:
         # milliseconds at p99 to a few.
         gc.collect()
         gc.freeze()
+
+    def begin_shutdown(self) -> None:
+        """Called from a signal handler: end the live tails on the loop."""
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.call_soon_threadsafe(
+                self.tenant_log.end_all_tails, "the dispatcher is shutting down"
+            )
 
     async def stop(self) -> None:
         for task in self.background:
@@ -258,19 +286,22 @@ class Dispatcher:
 
     def record(self, scope: Scope, access: AccessRecord) -> None:
         """Count an answered request, log it, and show it in the tenant's tail."""
-        tenant_id = access.tenant_id
-        if tenant_id in self.directory.tenants:
-            cold = access.trace.cold
+        tenant = self.directory.get(access.tenant_id)
+        if tenant is not None:
             self.stats.record(
-                tenant_id, access.status, access.code, access.duration_s, cold
+                tenant.id,
+                access.status,
+                access.code,
+                access.duration_s,
+                served=access.trace.pid != 0,
+                cold=access.trace.cold,
             )
-        else:
+        elif access.code:  # not a tenant deleted while its request ran
             self.stats.record_unrouted(access.code)
-        if self.settings.access_log or self.tenant_log.is_tailed(tenant_id):
-            fields = access_fields(scope, access)
+        if self.settings.access_log or self.tenant_log.is_tailed(access.tenant_id):
+            fields = access_fields(scope, access, tenant)
             if self.settings.access_log:
                 log_access(fields)
-            tenant = self.directory.get(tenant_id)
             if tenant is not None:
                 self.tenant_log.publish_request(tenant, fields)
 
@@ -317,20 +348,25 @@ class AccessRecord:
     trace: RequestTrace
 
 
-def access_fields(scope: Scope, access: AccessRecord) -> dict[str, Any]:
-    """One request as the access log and the tail show it."""
+def access_fields(
+    scope: Scope, access: AccessRecord, tenant: Tenant | None
+) -> dict[str, Any]:
+    """One request as the access log and the tail show it, secrets hidden."""
     # The raw path, still percent-encoded: a decoded one could carry a line
     # break into a plain log.
-    path = scope.get("raw_path") or scope["path"].encode()
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    started = None
+    if access.trace.pid:
+        started = "cold" if access.trace.cold else "warm"
     return {
         "tenant": access.tenant_id or None,
         "method": scope["method"],
-        "path": path.decode("latin-1"),
+        "path": redact_path(path, tenant) if tenant is not None else path,
         "status": access.status,
         "code": access.code or None,
         "duration_ms": round(access.duration_s * 1000, 2),
         "pid": access.trace.pid or None,
-        "start": "cold" if access.trace.cold else "warm",
+        "start": started,
         "request_id": access.request_id,
     }
 
@@ -346,7 +382,7 @@ def log_access(fields: dict[str, Any]) -> None:
         fields["code"] or "-",
         fields["duration_ms"],
         fields["pid"] or "-",
-        fields["start"],
+        fields["start"] or "-",
         fields["request_id"],
         extra={"fields": fields},
     )

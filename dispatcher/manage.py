@@ -250,7 +250,7 @@ class ApiClient:
                 if answer.is_error:
                     answer.read()
                     raise ManageError(error_message(answer))
-                yield from server_sent_events(answer.iter_lines())
+                yield from server_sent_events(sse_lines(answer.iter_bytes()))
 
     def path_of(self, segments: tuple[str, ...]) -> str:
         return self.scripts_path + "".join("/" + path_segment(s) for s in segments)
@@ -267,6 +267,21 @@ class ApiClient:
             ) from None
         except httpx.HTTPError as exc:
             raise ManageError(f"request to {self.url} failed: {exc!r}") from None
+
+
+def sse_lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    """Lines of an event stream, cut at LF only.
+
+    Text helpers also cut at U+2028, U+0085 and other Unicode line ends,
+    which a tenant's output may hold inside one JSON string.
+    """
+    held = b""
+    for chunk in chunks:
+        *lines, held = (held + chunk).split(b"\n")
+        for line in lines:
+            yield line.removesuffix(b"\r").decode("utf-8", "replace")
+    if held:
+        yield held.decode("utf-8", "replace")
 
 
 def server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:

@@ -17,12 +17,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sandbox_runner.frames import StackEntry
+from sandbox_runner.frames import MAX_STACK_ENTRIES, MAX_STACK_TEXT, StackEntry
 
-# A worker sends at most this many entries; a longer stack from a hostile
-# one keeps its innermost, the ones that say where the time goes.
-MAX_STACK_ENTRIES = 32
-MAX_FIELD_CHARS = 256
+# Slow requests kept per tenant, newest last.
 KEPT_PER_TENANT = 20
 
 
@@ -87,7 +84,7 @@ def bounded_stack(
     """
 
     def field(text: str) -> str:
-        return clean(text)[:MAX_FIELD_CHARS]
+        return clean(text)[:MAX_STACK_TEXT]
 
     return tuple(
         StackLine(field(e.file), max(e.line, 0), field(e.function), field(e.code))

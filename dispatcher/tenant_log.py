@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from dispatcher.slow_requests import (
     KEPT_PER_TENANT,
@@ -50,6 +51,7 @@ MAX_LINE_CHARS = 4096
 MAX_HELD_BYTES = 4 * MAX_LINE_CHARS + 1024
 MAX_MESSAGE_CHARS = 64 * 1024
 HISTORY_LINES = 200
+HISTORY_CHARS = 64 * 1024
 LINES_PER_SECOND = 200.0
 LINE_BURST = 1000.0
 # Events a follower of the tail may fall behind by before losing some.
@@ -58,7 +60,13 @@ TAIL_QUEUE_EVENTS = 1000
 # secrets anyway, and the redaction would give their value away by context.
 MIN_REDACTED_LENGTH = 4
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# Characters that could make one line look like several, or rewrite what a
+# terminal shows: C0 and C1 controls (tab aside), Unicode line and paragraph
+# separators (JSON leaves them raw; many line splitters honour them), and
+# the bidirectional overrides that reorder text on screen.
+_CONTROL = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class TenantLog:
     """Redacts, bounds and records the log lines of every tenant."""
 
     def __init__(self) -> None:
-        self.history: dict[str, deque[LogLine]] = {}
+        self.history: dict[str, History] = {}
         self.slow: dict[str, deque[SlowRequestRecord]] = {}
         self.budgets: dict[str, LineBudget] = {}
         self.tails: dict[str, set[Tail]] = {}
@@ -123,7 +131,7 @@ class TenantLog:
             )
             budget.dropped = 0
 
-        history = self.history.setdefault(tenant.id, deque(maxlen=HISTORY_LINES))
+        history = self.history.setdefault(tenant.id, History())
         for line in lines[:granted]:
             if isinstance(line, bytes):
                 line = line.decode("utf-8", "replace")
@@ -168,7 +176,8 @@ class TenantLog:
 
     def recent(self, tenant_id: str) -> list[LogLine]:
         """The last lines of a tenant's log, oldest first."""
-        return list(self.history.get(tenant_id, ()))
+        history = self.history.get(tenant_id)
+        return list(history.lines) if history else []
 
     def forget(self, tenant_id: str) -> None:
         """Drop a deleted tenant's history, budget and slow requests.
@@ -180,6 +189,13 @@ class TenantLog:
         self.budgets.pop(tenant_id, None)
         for tail in self.tails.pop(tenant_id, set()):
             tail.end("the script was deleted")
+
+    def end_all_tails(self, reason: str) -> None:
+        """End every follower's tail, each told ``reason``."""
+        for followers in self.tails.values():
+            for tail in followers:
+                tail.end(reason)
+        self.tails.clear()
 
     def follow(self, tenant_id: str) -> Tail:
         """Start following a tenant's log; call ``unfollow`` when done."""
@@ -203,10 +219,27 @@ class TenantLog:
             tail.put(event)
 
     def publish_request(self, tenant: Tenant, fields: dict[str, Any]) -> None:
-        """A request summary for the tenant's followers; its path redacted."""
+        """A request summary (its path already redacted) for the followers."""
         if tenant.id in self.tails:
-            path = clean_line(redact(fields["path"], tenant))
-            self.publish(tenant.id, {"type": "request", **fields, "path": path})
+            self.publish(tenant.id, {"type": "request", **fields})
+
+
+class History:
+    """A tenant's latest lines, bounded in count and in characters.
+
+    Counting lines alone would let a tenant that prints long lines of wide
+    characters hold megabytes here; 2,000 tenants times that is gigabytes.
+    """
+
+    def __init__(self) -> None:
+        self.lines: deque[LogLine] = deque()
+        self.chars = 0
+
+    def append(self, line: LogLine) -> None:
+        self.lines.append(line)
+        self.chars += len(line.text)
+        while len(self.lines) > HISTORY_LINES or self.chars > HISTORY_CHARS:
+            self.chars -= len(self.lines.popleft().text)
 
 
 class Tail:
@@ -276,8 +309,42 @@ def clean_line(line: str) -> str:
 
 def redact(text: str, tenant: Tenant) -> str:
     """Replace every secret value of ``tenant`` in ``text`` by its name."""
+    for needle, name in secret_needles(tenant):
+        if needle in text:
+            text = text.replace(needle, f"[secret {name}]")
+    return text
+
+
+def redact_path(path: str, tenant: Tenant) -> str:
+    """A request path with the tenant's secrets hidden, encoded or not.
+
+    A secret can hide behind percent-encoding (``%2B`` for ``+``); when the
+    decoded path shows one, the decoded path is what gets redacted and shown.
+    """
+    if not tenant.config.secrets:
+        return path
+    hidden = redact(path, tenant)
+    if "%" in path:
+        decoded = unquote(path)
+        if redact(decoded, tenant) != decoded:
+            hidden = clean_line(redact(decoded, tenant))
+    return hidden
+
+
+def secret_needles(tenant: Tenant) -> list[tuple[str, str]]:
+    """What to look for of each secret, longest first, with the secret's name.
+
+    A log is cut into lines before it is redacted, so a value that holds a
+    line break (a PEM key, a token pasted with its newline) would never match
+    whole: each of its lines is looked for as well.
+    """
+    needles: dict[str, str] = {}
     for name in tenant.config.secrets:
         value = tenant.bindings.get(name)
-        if isinstance(value, str) and len(value) >= MIN_REDACTED_LENGTH:
-            text = text.replace(value, f"[secret {name}]")
-    return text
+        if not isinstance(value, str):
+            continue
+        lines = [line.strip() for line in value.splitlines()]
+        for piece in (value, value.strip(), *lines):
+            if len(piece) >= MIN_REDACTED_LENGTH:
+                needles.setdefault(piece, name)
+    return sorted(needles.items(), key=lambda item: -len(item[0]))

@@ -19,6 +19,7 @@ This module is shared by both sides, so it imports nothing but msgspec.
 from __future__ import annotations
 
 import struct
+from typing import Annotated
 
 import msgspec
 
@@ -166,16 +167,24 @@ class Log(msgspec.Struct, tag="log", tag_field="t"):
     message: str
 
 
+# A slow request's stack: at most this many entries, each text this long.
+# The host checks both while decoding, so a hostile worker cannot make it
+# decode megabytes of stack only to cut them down afterwards.
+MAX_STACK_ENTRIES = 32
+MAX_STACK_TEXT = 256
+StackText = Annotated[str, msgspec.Meta(max_length=MAX_STACK_TEXT)]
+
+
 class StackEntry(msgspec.Struct):
     """One frame of tenant code: where it is and the source line there.
 
     ``file`` is relative to the tenant's folder.
     """
 
-    file: str
-    line: int
-    function: str
-    code: str
+    file: StackText
+    line: Annotated[int, msgspec.Meta(ge=0)]
+    function: StackText
+    code: StackText
 
 
 class SlowRequest(msgspec.Struct, tag="slow_request", tag_field="t"):
@@ -186,8 +195,8 @@ class SlowRequest(msgspec.Struct, tag="slow_request", tag_field="t"):
     """
 
     id: int
-    elapsed_ms: float
-    stack: list[StackEntry]
+    elapsed_ms: Annotated[float, msgspec.Meta(ge=0, le=86_400_000)]
+    stack: Annotated[list[StackEntry], msgspec.Meta(max_length=MAX_STACK_ENTRIES)]
 
 
 ToWorker = Boot | Request | Cancel | Shutdown | Ping | OutboundResult

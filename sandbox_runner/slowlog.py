@@ -57,7 +57,6 @@ from dataclasses import dataclass
 
 from sandbox_runner import frames
 
-MAX_STACK_ENTRIES = 32
 MAX_CODE_CHARS = 240
 MAX_NAME_CHARS = 160
 # Shorter secrets are left alone, as the host leaves them (see tenant_log).
@@ -96,7 +95,7 @@ class StackReader:
             for frame in code_frames
             if frame.f_code.co_filename.startswith(self.prefix)
         ]
-        return entries[-MAX_STACK_ENTRIES:]
+        return entries[-frames.MAX_STACK_ENTRIES :]
 
     def running_frames(self, task: asyncio.Task[None]) -> list[types.FrameType] | None:
         """The main thread's frames if it runs ``task`` right now, else None."""

@@ -173,6 +173,37 @@ async def test_secret_reaches_env_but_never_an_answer_or_log(
     assert SECRET_VALUE not in api_dispatcher.log()
 
 
+async def test_a_secret_sent_as_a_file_loses_its_trailing_newline(
+    admin: httpx.AsyncClient,
+    public: httpx.AsyncClient,
+    api_dispatcher: DispatcherProcess,
+) -> None:
+    """curl --data-binary @token.txt sends the file's newline; it is not kept."""
+    script = b"async def fetch(request, env, ctx):\n"
+    script += b"    print('token is', env['API_TOKEN'])\n"
+    script += b"    return {'newline': env['API_TOKEN'].endswith('\\n')}\n"
+    metadata = {"main_module": "worker.py", "secrets": ["API_TOKEN"]}
+    files = {
+        "metadata": (None, json.dumps(metadata), "application/json"),
+        "worker.py": ("worker.py", script, "text/x-python"),
+    }
+    assert (await admin.put(f"{BASE}/filed", files=files)).status_code == 200
+    value = "xoxb-from-a-file-0123456789"
+    put = await admin.put(
+        f"{BASE}/filed/secrets/API_TOKEN",
+        content=f"{value}\n".encode(),
+        headers={"content-type": "text/plain"},
+    )
+    assert put.status_code == 200
+
+    served = await public.get("/", headers={"x-customer-id": "filed"})
+    await asyncio.sleep(0.2)
+
+    assert served.json() == {"newline": False}
+    assert "token is [secret API_TOKEN]" in api_dispatcher.log()
+    assert value not in api_dispatcher.log()
+
+
 async def test_settings_patch_and_delete(
     admin: httpx.AsyncClient, public: httpx.AsyncClient
 ) -> None:

@@ -71,3 +71,24 @@ def test_only_the_lease_holder_records_an_outcome(tmp_path: Path) -> None:
     assert stored is not None
     assert stored.state == "succeeded"
     assert stored.attempts == 1
+
+
+def test_old_succeeded_deliveries_are_forgotten_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Pruning keeps pending deliveries, dead letters and recent successes."""
+    store = DeliveryStore(tmp_path / "deliveries.sqlite3")
+    tenant = Tenant("t", tmp_path, TenantConfig())
+    ids = [store.add(tenant, outbound(n)) for n in range(4)]
+    claimed = {d.id: d for d in store.claim_due(time.time() + 1)}
+    long_ago = time.time() - 30 * 24 * 3600
+    store.record(claimed[ids[0]], "succeeded", long_ago, 200, None)
+    store.record(claimed[ids[1]], "succeeded", time.time(), 200, None)
+    store.record(claimed[ids[2]], "dead", long_ago, 503, "gave up")
+
+    pruned = store.prune_succeeded(before=time.time() - 7 * 24 * 3600, batch=1)
+    again = store.prune_succeeded(before=time.time() - 7 * 24 * 3600)
+
+    assert (pruned, again) == (1, 0)
+    assert store.get(ids[0]) is None
+    assert [store.get(i).state for i in ids[1:]] == ["succeeded", "dead", "pending"]

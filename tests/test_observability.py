@@ -23,12 +23,23 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dispatcher.tenant_log import HISTORY_CHARS, TenantLog
+from dispatcher.tenants import Tenant, TenantConfig
 from tests.conftest import ZYGOTE_STARTED, DispatcherProcess, add_tenant
 
 TOKEN = "observability-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SCRIPTS = "/accounts/local/workers/dispatch/namespaces/default/scripts"
 SECRET = "sk-observed-secret-value-42"
+PEM_LINES = [
+    "MIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu",
+    "KUpRKfFLfRYC9AIKjbJTWit+CqvjWYzvQwECAwEAAQJAIJLixBy2qpFoS4DSmoEm",
+]
+PEM = (
+    "-----BEGIN RSA PRIVATE KEY-----\n"
+    + "\n".join(PEM_LINES)
+    + "\n-----END RSA PRIVATE KEY-----\n"
+)
 
 WORKER = """
 import asyncio
@@ -40,6 +51,10 @@ async def fetch(request, env, ctx):
         await asyncio.sleep(30)
     if request.path == "/dawdle":
         await asyncio.sleep(0.3)
+    if request.path == "/pem":
+        print("key:", env["PEM"], flush=True)
+    if request.path == "/odd":
+        print("one\u2028two\x85three\u202eright", flush=True)
     if request.path == "/print":
         marker = request.query.get("marker", [""])[0]
         print("printed", marker, env["API_KEY"], flush=True)
@@ -47,7 +62,7 @@ async def fetch(request, env, ctx):
 """
 TENANT_TOML = """
 script = "worker.py"
-secrets = ["API_KEY"]
+secrets = ["API_KEY", "PEM"]
 
 [limits]
 timeout_ms = 400
@@ -65,7 +80,9 @@ def make_tenants(folder: Path) -> Path:
     folder.mkdir()
     for name in ("obs-a", "obs-b"):
         tenant = add_tenant(folder / name, TENANT_TOML, WORKER)
-        (tenant / "secrets.demo.toml").write_text(f'API_KEY = "{SECRET}"\n')
+        (tenant / "secrets.demo.toml").write_text(
+            f'API_KEY = "{SECRET}"\nPEM = """{PEM}"""\n'
+        )
     add_tenant(folder / "obs-recycled", RECYCLED_TOML, WORKER)
     return folder
 
@@ -419,3 +436,117 @@ def test_slow_requests_reach_the_tail_and_the_status(
         tail.close()
     detail = api(observed, "/status/obs-b").json()
     assert request_id in [s["request_id"] for s in detail["slow_requests"]]
+
+
+def test_a_secret_of_several_lines_is_hidden_line_by_line(
+    observed: DispatcherProcess,
+) -> None:
+    send(observed, "obs-a", "/pem")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        texts = [line["text"] for line in api(observed, "/status/obs-a").json()["logs"]]
+        if texts.count("[secret PEM]") >= 3:  # two lines of key, and the end
+            break
+        time.sleep(0.05)
+    assert "key: [secret PEM]" in texts, texts
+    for line in PEM_LINES:
+        assert line not in observed.log()
+        assert line not in "".join(texts)
+
+
+def test_a_secret_in_the_path_is_hidden_in_the_access_log(
+    observed: DispatcherProcess,
+) -> None:
+    encoded = SECRET.replace("-", "%2D")
+    plain = send(observed, "obs-b", f"/hook/{SECRET}").headers["x-request-id"]
+    hidden = send(observed, "obs-b", f"/hook/{encoded}").headers["x-request-id"]
+    time.sleep(0.2)
+    lines = [json.loads(line) for line in observed.log().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    paths = {line.get("request_id"): line.get("path") for line in lines}
+    assert paths[plain] == "/hook/[secret API_KEY]"
+    assert paths[hidden] == "/hook/[secret API_KEY]"
+    assert SECRET not in observed.log() and encoded not in observed.log()
+
+
+def test_line_separators_in_tenant_output_break_no_tail(
+    observed: DispatcherProcess,
+) -> None:
+    tail = TailReader(observed, "obs-a")
+    try:
+        send(observed, "obs-a", "/odd")
+        line = tail.wait_for(lambda e: e["type"] == "log" and "one" in e["text"], 2.0)
+        assert line["text"] == "one?two?three?right"
+    finally:
+        tail.close()
+
+    command = [sys.executable, "-m", "dispatcher", "tail", "obs-a",
+               "--api", observed.admin_url or "", "--recent", "5"]  # fmt: skip
+    env = {**os.environ, "SWITCHYARD_ADMIN_TOKEN": TOKEN}
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(1.0)
+        send(observed, "obs-a", "/print?marker=after-odd")
+        deadline = time.monotonic() + 5
+        seen = ""
+        while "after-odd" not in seen and time.monotonic() < deadline:
+            seen += cli.stdout.readline()
+        assert "one?two?three?right" in seen and "after-odd" in seen
+        assert cli.poll() is None
+    finally:
+        cli.send_signal(signal.SIGINT)
+        cli.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "code"),
+    [
+        (f"{SCRIPTS}/obs-a/tail?recent=many", 400, "invalid_request"),
+        ("/status/obs-a/", 404, "invalid_request"),
+    ],
+)
+def test_odd_api_requests_answer_in_the_documented_shape(
+    observed: DispatcherProcess, path: str, status: int, code: str
+) -> None:
+    answer = api(observed, path)
+    assert answer.status_code == status
+    assert answer.json()["error"]["code"] == code
+    assert answer.headers["x-request-id"] == answer.json()["error"]["request_id"]
+
+
+def test_history_is_bounded_in_characters_not_only_lines() -> None:
+    """Long lines of wide characters cannot make one tenant's history huge."""
+    tenant = Tenant("wide", Path("/t"), TenantConfig(), bindings={})
+    tenant_log = TenantLog()
+    tenant_log.emit_lines(tenant, 1, ["\U0001f600" * 4000] * 150)
+    kept = tenant_log.recent("wide")
+    assert 0 < len(kept) < 150
+    assert sum(len(line.text) for line in kept) <= HISTORY_CHARS
+
+
+def test_stopping_the_dispatcher_ends_open_tails_at_once(
+    tmp_path: Path,
+) -> None:
+    tenants = tmp_path / "tenants"
+    tenants.mkdir()
+    add_tenant(tenants / "quiet", 'script = "worker.py"\n', WORKER)
+    process = DispatcherProcess(
+        tenants,
+        tmp_path / "state",
+        tmp_path / "dispatcher.log",
+        extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
+    )
+    try:
+        tail = TailReader(process, "quiet")
+        started = time.monotonic()
+        process.process.send_signal(signal.SIGTERM)
+        end = tail.wait_for(lambda e: e["type"] == "end", 5.0)
+        assert end["reason"] == "the dispatcher is shutting down"
+        # uvicorn ends by raising the signal it caught again: -SIGTERM.
+        assert process.process.wait(timeout=10) in (0, -signal.SIGTERM)
+        assert time.monotonic() - started < 5
+        assert "Waiting for connections to close" not in process.log()
+        assert "stopped 0 workers" in process.log()
+    finally:
+        if process.process.poll() is None:
+            process.stop()

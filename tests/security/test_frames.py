@@ -56,6 +56,7 @@ async def test_slow_request_forged_for_a_foreign_id_is_not_logged(
         ("/ready", "protocol_error", "the worker sent a second ready frame"),
         ("/garbage", "protocol_error", "the worker sent a bad frame"),
         ("/malformed-slow-request", "protocol_error", "the worker sent a bad frame"),
+        ("/oversized-slow-request", "protocol_error", "the worker sent a bad frame"),
         ("/close-frame-out", "worker_crashed", "the worker closed its pipe"),
     ],
 )

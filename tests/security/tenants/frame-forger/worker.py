@@ -47,6 +47,14 @@ def write_malformed_slow_request():
     return {"pid": os.getpid()}
 
 
+def write_oversized_slow_request():
+    # Far over the 32 entries a worker may send: the host refuses it while
+    # decoding, before it costs more than the bytes themselves.
+    entry = {"file": "x.py", "line": 1, "function": "f", "code": "x" * 200}
+    send({"t": "slow_request", "id": 1, "elapsed_ms": 1.0, "stack": [entry] * 5000})
+    return {"pid": os.getpid()}
+
+
 def forge_ready():
     send(frames.Ready(frames.PROTOCOL_VERSION, 1, 0.0, ["none"]))
     return {"pid": os.getpid()}
@@ -89,6 +97,7 @@ ATTACKS = {
     "/ready": forge_ready,
     "/foreign-slow-request": forge_slow_request,
     "/malformed-slow-request": write_malformed_slow_request,
+    "/oversized-slow-request": write_oversized_slow_request,
     "/garbage": write_garbage,
     "/close-frame-in": lambda: close_fd(FRAME_IN_FD),
     "/close-frame-out": lambda: close_fd(FRAME_OUT_FD),
