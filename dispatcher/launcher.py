@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from dispatcher.errors import WorkerBootFailed
+from dispatcher.errors import HostCannotStart
 
 log = logging.getLogger("dispatcher.launcher")
 
@@ -120,10 +120,10 @@ class ExecLauncher:
         pass
 
 
-def host_cannot_start(exc: OSError) -> WorkerBootFailed:
-    """Out of processes or descriptors: not the tenant's fault."""
-    log.error("cannot start a worker: %s", exc)
-    return WorkerBootFailed("the host could not start a worker")
+def host_cannot_start(reason: object) -> HostCannotStart:
+    """Out of processes or descriptors, or no zygote: not the tenant's fault."""
+    log.error("cannot start a worker: %s", reason)
+    return HostCannotStart("the host could not start a worker")
 
 
 class ForkedProcess:
@@ -211,12 +211,14 @@ class ZygoteLauncher:
 
     async def launch(self, cwd: Path) -> WorkerProcess:
         """Fork one worker; ``cwd`` is set by the worker itself from Boot."""
-        async with self.lock:
-            if self.control is None:
-                await self.start()
+        try:
+            async with self.lock:
+                if self.control is None:
+                    await self.start()
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            raise host_cannot_start(f"the zygote cannot start: {exc}") from None
 
-        pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(3)]
-        to_worker, from_worker, log_pipe = pipes
+        to_worker, from_worker, log_pipe = open_pipes(3)
         theirs = [to_worker[0], from_worker[1], log_pipe[1]]
         token = next(self.tokens)
         spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -303,6 +305,19 @@ class ZygoteLauncher:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+
+
+def open_pipes(count: int) -> list[tuple[int, int]]:
+    """``count`` pipes; none, and HostCannotStart, when out of descriptors."""
+    pipes: list[tuple[int, int]] = []
+    try:
+        for _ in range(count):
+            pipes.append(os.pipe2(os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in [fd for pipe in pipes for fd in pipe]:
+            os.close(fd)
+        raise host_cannot_start(exc) from None
+    return pipes
 
 
 def spawned_exit() -> asyncio.Future[int]:

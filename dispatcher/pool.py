@@ -19,6 +19,8 @@ idle worker is evicted. No tenant setting can lift those bounds.
 A tenant whose worker fails to boot backs off, doubling from
 ``boot_retry_after_s`` up to a minute, and meanwhile answers 503
 ``worker_boot_failed`` with the reason instead of respawning in a loop.
+A worker the host could not start (``HostCannotStart``) is no reason to
+back the tenant off: its next request tries again.
 
 One supervision loop, once a second, does the periodic part: heartbeats
 (a worker quiet for ``heartbeat_s`` is pinged; one that leaves the ping
@@ -37,7 +39,12 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
+from dispatcher.errors import (
+    HostCannotStart,
+    TenantBusy,
+    WorkerBootFailed,
+    WorkerCrashed,
+)
 from dispatcher.gate import TenantGate
 from dispatcher.launcher import Launcher
 from dispatcher.outbound import NO_OUTBOUND, OutboundGateway
@@ -189,6 +196,8 @@ class WorkerPool:
             worker = await Worker.spawn(
                 tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
             )
+        except HostCannotStart:
+            raise  # the host's failure: the tenant is not to wait for it
         except WorkerBootFailed as exc:
             self.note_boot_failure(tenant, exc)
             raise
