@@ -1,7 +1,7 @@
 """Starting workers when the host, not the tenant, is the trouble.
 
-A worker the host cannot start - no descriptors or processes left, no
-zygote - is the host's failure: the client gets a 503 it may retry at once,
+A worker the host cannot start - no descriptors left, a zygote that went
+silent - is the host's failure: the client gets a 503 it may retry at once,
 and the tenant is not backed off, so it is served as soon as the host is.
 """
 
@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from dispatcher.launcher import SPAWN_TIMEOUT_S
 from tests.conftest import DispatcherProcess, add_tenant, error_of
+from tests.test_readiness import stopped, zygote_pid
 
 TOKEN = "launcher-token-0123456789abcdef"
 WORKER = "async def fetch(request, env, ctx):\n    return {'ok': True}\n"
@@ -85,3 +88,29 @@ async def test_host_out_of_descriptors_does_not_back_the_tenant_off(
     assert served.status_code == 200
     assert error_of(refused)["message"] == "the host could not start a worker"
     assert refused.headers["retry-after"] == "1"
+
+
+async def test_cold_start_on_a_hung_zygote_fails_once_then_a_new_zygote_serves(
+    tmp_path: Path,
+) -> None:
+    """A zygote that went silent costs one cold start, not every one after."""
+    process = start_dispatcher(tmp_path)
+    try:
+        assert process.admin_url is not None
+        httpx.get(process.admin_url + "/readyz", timeout=10)
+        hung = zygote_pid(process)
+        async with httpx.AsyncClient(base_url=process.url, timeout=30) as public:
+            with stopped(process, hung):
+                started = time.monotonic()
+                refused = await public.get("/", headers=tenant("cold-b"))
+                seconds = time.monotonic() - started
+            served = await public.get("/", headers=tenant("cold-b"))
+        assert zygote_pid(process) != hung
+    finally:
+        process.stop()
+
+    assert refused.status_code == 503
+    assert error_of(refused)["code"] == "worker_boot_failed"
+    assert refused.headers["retry-after"] == "1"
+    assert seconds < SPAWN_TIMEOUT_S + 2, f"the cold start took {seconds:.1f} s"
+    assert served.status_code == 200

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -15,10 +17,11 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from dispatcher.readiness import STATE_DATABASES
-from tests.conftest import DispatcherProcess, add_tenant
+from tests.conftest import ZYGOTE_STARTED, DispatcherProcess, add_tenant
 
 TOKEN = "readiness-token-0123456789abcdef"
 TENANT = {"x-customer-id": "steady"}
@@ -139,3 +142,43 @@ async def test_readyz_is_503_when_a_state_database_cannot_be_written(
     assert answer.status_code == 503
     assert answer.json()["checks"]["state_database"] == "not writable"
     assert (await admin.get("/readyz")).status_code == 200
+
+
+def zygote_pid(process: DispatcherProcess) -> int:
+    """The pid of the dispatcher's latest zygote, from its log."""
+    return int(ZYGOTE_STARTED.findall(process.log())[-1])
+
+
+@contextlib.contextmanager
+def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
+    """SIGSTOP the dispatcher's zygote ``pid``; SIGCONT it after, if it lives."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if psutil.Process(pid).ppid() == process.process.pid:
+                os.kill(pid, signal.SIGCONT)
+
+
+async def test_readyz_replaces_a_zygote_that_stopped_answering(
+    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    ready_dispatcher: DispatcherProcess,
+) -> None:
+    """A hung zygote is reported, then replaced: cold starts work again."""
+    public, admin = clients
+    assert (await admin.get("/readyz")).status_code == 200
+    hung = zygote_pid(ready_dispatcher)
+
+    with stopped(ready_dispatcher, hung):
+        answer, seconds = await timed(admin.get("/readyz"))
+
+    assert answer.status_code == 503
+    assert answer.json()["checks"]["zygote"] == "not answering; replaced"
+    assert seconds < 2.5, f"readyz took {seconds:.2f} s"
+    assert not psutil.pid_exists(hung)
+    assert zygote_pid(ready_dispatcher) != hung
+    again = await admin.get("/readyz")
+    assert again.status_code == 200
+    assert again.json()["checks"]["zygote"] == "up"
+    assert (await public.get("/", headers=TENANT)).status_code == 200
