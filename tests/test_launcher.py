@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from dispatcher.launcher import SPAWN_TIMEOUT_S
-from tests.conftest import DispatcherProcess, add_tenant, error_of
+from tests.conftest import DispatcherProcess, add_tenant, dispatcher_in, error_of
 from tests.test_readiness import stopped, zygote_pid
 
 TOKEN = "launcher-token-0123456789abcdef"
@@ -30,13 +30,7 @@ def start_dispatcher(base: Path, *extra_args: str) -> DispatcherProcess:
     (base / "tenants").mkdir()
     for name in TENANTS:
         add_tenant(base / "tenants" / name, 'script = "worker.py"\n', WORKER)
-    return DispatcherProcess(
-        base / "tenants",
-        base / "state",
-        base / "dispatcher.log",
-        extra_args=list(extra_args),
-        extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
-    )
+    return dispatcher_in(base, TOKEN, *extra_args)
 
 
 @pytest.fixture(params=["zygote", "no-zygote"])

@@ -21,7 +21,14 @@ import psutil
 import pytest
 
 from dispatcher.readiness import STATE_DATABASES
-from tests.conftest import ZYGOTE_STARTED, DispatcherProcess, add_tenant
+from tests.conftest import (
+    ZYGOTE_STARTED,
+    DispatcherProcess,
+    Listeners,
+    add_tenant,
+    dispatcher_in,
+    listener_clients,
+)
 
 TOKEN = "readiness-token-0123456789abcdef"
 TENANT = {"x-customer-id": "steady"}
@@ -38,27 +45,15 @@ def ready_dispatcher(state_dir: Path) -> Iterator[DispatcherProcess]:
     tenants = state_dir.parent / "tenants"
     tenants.mkdir()
     add_tenant(tenants / "steady", 'script = "worker.py"\n', WORKER)
-    process = DispatcherProcess(
-        tenants,
-        state_dir,
-        state_dir.parent / "dispatcher.log",
-        extra_env={"SWITCHYARD_ADMIN_TOKEN": TOKEN},
-    )
+    process = dispatcher_in(state_dir.parent, TOKEN)
     yield process
     process.stop()
 
 
 @pytest.fixture
-async def clients(
-    ready_dispatcher: DispatcherProcess,
-) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
-    """The public listener and the management listener, in that order."""
-    assert ready_dispatcher.admin_url is not None
-    async with (
-        httpx.AsyncClient(base_url=ready_dispatcher.url, timeout=30) as public,
-        httpx.AsyncClient(base_url=ready_dispatcher.admin_url, timeout=30) as admin,
-    ):
-        yield public, admin
+async def clients(ready_dispatcher: DispatcherProcess) -> AsyncIterator[Listeners]:
+    async with listener_clients(ready_dispatcher) as both:
+        yield both
 
 
 async def timed(request: Awaitable[httpx.Response]) -> tuple[httpx.Response, float]:
@@ -94,7 +89,7 @@ def immutable(*paths: Path) -> Iterator[None]:
 
 
 async def test_readyz_is_ready_when_every_check_passes(
-    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    clients: Listeners,
 ) -> None:
     """A healthy dispatcher says ready; a load balancer sends it traffic."""
     _, admin = clients
@@ -105,7 +100,7 @@ async def test_readyz_is_ready_when_every_check_passes(
 
 @pytest.mark.parametrize("database", STATE_DATABASES)
 async def test_readyz_answers_at_once_and_stalls_no_tenant_while_state_is_locked(
-    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    clients: Listeners,
     state_dir: Path,
     database: str,
 ) -> None:
@@ -129,7 +124,7 @@ async def test_readyz_answers_at_once_and_stalls_no_tenant_while_state_is_locked
 
 @pytest.mark.parametrize("database", STATE_DATABASES)
 async def test_readyz_is_503_when_a_state_database_cannot_be_written(
-    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    clients: Listeners,
     state_dir: Path,
     database: str,
 ) -> None:
@@ -162,7 +157,7 @@ def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
 
 
 async def test_readyz_replaces_a_zygote_that_stopped_answering(
-    clients: tuple[httpx.AsyncClient, httpx.AsyncClient],
+    clients: Listeners,
     ready_dispatcher: DispatcherProcess,
 ) -> None:
     """A hung zygote is reported, then replaced: cold starts work again."""
