@@ -101,6 +101,13 @@ class Dispatcher:
         self.directory = TenantDirectory(self.pool)
         self.rate_limiter = RateLimiter()
         self.stats = RequestStats()
+        self.directory.forget_hooks += [
+            self.gateway.forget,
+            self.outbound_limits.forget,
+            self.rate_limiter.forget,
+            self.stats.forget,
+            self.tenant_log.forget,
+        ]
         self.metrics = metrics_registry(self)
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
         self.background: list[asyncio.Task[None]] = []
