@@ -83,20 +83,30 @@ def handle_request(control: socket.socket, wakeup_read: int) -> bool:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
 
     request, _, token = message.partition(b" ")
-    if request == b"ping" or len(fds) != FDS_PER_WORKER:
+    if request == b"ping":
         close_all(fds)
-        control.send((b"pong " if request == b"ping" else b"failed ") + token)
-        return True
+        control.send(b"pong " + token)
+    elif len(fds) != FDS_PER_WORKER:
+        close_all(fds)
+        control.send(b"failed " + token)
+    else:
+        control.send(fork_worker(fds, token, control, wakeup_read))
+    return True
+
+
+def fork_worker(
+    fds: array.array[int], token: bytes, control: socket.socket, wakeup_read: int
+) -> bytes:
+    """Fork a worker on ``fds``; the reply for the host."""
     try:
         pid = os.fork()
-    except OSError:
-        pid = -1
+    except OSError:  # out of processes or memory: the host is told, we go on
+        close_all(fds)
+        return b"failed " + token
     if pid == 0:
         become_worker(list(fds), control, wakeup_read)
     close_all(fds)
-    reply = b"spawned %s %d" % (token, pid) if pid > 0 else b"failed " + token
-    control.send(reply)
-    return True
+    return b"spawned %s %d" % (token, pid)
 
 
 def close_all(fds: array.array[int]) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dispatcher.launcher import SPAWN_TIMEOUT_S
+from dispatcher.errors import HostCannotStart
+from dispatcher.launcher import SPAWN_TIMEOUT_S, ZygoteLauncher
 from tests.conftest import DispatcherProcess, add_tenant, dispatcher_in, error_of
 from tests.test_readiness import stopped, zygote_pid
 
@@ -108,3 +109,20 @@ async def test_cold_start_on_a_hung_zygote_fails_once_then_a_new_zygote_serves(
     assert refused.headers["retry-after"] == "1"
     assert seconds < SPAWN_TIMEOUT_S + 2, f"the cold start took {seconds:.1f} s"
     assert served.status_code == 200
+
+
+async def test_a_spawn_the_zygote_refuses_fails_at_once() -> None:
+    """A fork the zygote could not make is reported, not waited out."""
+    launcher = ZygoteLauncher()
+    control = await launcher.started()
+    read_end, write_end = os.pipe()
+    try:
+        started = time.monotonic()
+        with pytest.raises(HostCannotStart):
+            await launcher.fork_worker(control, [read_end])  # three are needed
+        assert time.monotonic() - started < 1
+        assert await launcher.ping(control)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        await launcher.close()
