@@ -204,3 +204,20 @@ def dispatcher_in(base: Path, admin_token: str, *extra_args: str) -> DispatcherP
         extra_args=list(extra_args),
         extra_env={"SWITCHYARD_ADMIN_TOKEN": admin_token},
     )
+
+
+def zygote_pid(process: DispatcherProcess) -> int:
+    """The pid of the dispatcher's latest zygote, from its log."""
+    return int(ZYGOTE_STARTED.findall(process.log())[-1])
+
+
+@contextlib.contextmanager
+def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
+    """SIGSTOP the dispatcher's zygote ``pid``; SIGCONT it after, if it lives."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if psutil.Process(pid).ppid() == process.process.pid:
+                os.kill(pid, signal.SIGCONT)

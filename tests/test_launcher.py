@@ -19,8 +19,14 @@ import pytest
 
 from dispatcher.errors import HostCannotStart
 from dispatcher.launcher import SPAWN_TIMEOUT_S, ZygoteLauncher
-from tests.conftest import DispatcherProcess, add_tenant, dispatcher_in, error_of
-from tests.test_readiness import stopped, zygote_pid
+from tests.conftest import (
+    DispatcherProcess,
+    add_tenant,
+    dispatcher_in,
+    error_of,
+    stopped,
+    zygote_pid,
+)
 
 TOKEN = "launcher-token-0123456789abcdef"
 WORKER = "async def fetch(request, env, ctx):\n    return {'ok': True}\n"

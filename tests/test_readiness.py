@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sqlite3
 import subprocess
 import time
@@ -22,12 +20,13 @@ import pytest
 
 from dispatcher.readiness import STATE_DATABASES
 from tests.conftest import (
-    ZYGOTE_STARTED,
     DispatcherProcess,
     Listeners,
     add_tenant,
     dispatcher_in,
     listener_clients,
+    stopped,
+    zygote_pid,
 )
 
 TOKEN = "readiness-token-0123456789abcdef"
@@ -137,23 +136,6 @@ async def test_readyz_is_503_when_a_state_database_cannot_be_written(
     assert answer.status_code == 503
     assert answer.json()["checks"]["state_database"] == "not writable"
     assert (await admin.get("/readyz")).status_code == 200
-
-
-def zygote_pid(process: DispatcherProcess) -> int:
-    """The pid of the dispatcher's latest zygote, from its log."""
-    return int(ZYGOTE_STARTED.findall(process.log())[-1])
-
-
-@contextlib.contextmanager
-def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
-    """SIGSTOP the dispatcher's zygote ``pid``; SIGCONT it after, if it lives."""
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if psutil.Process(pid).ppid() == process.process.pid:
-                os.kill(pid, signal.SIGCONT)
 
 
 async def test_readyz_replaces_a_zygote_that_stopped_answering(
