@@ -44,6 +44,7 @@ from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.pool import RequestTrace, WorkerPool
 from dispatcher.ratelimit import RateLimiter
+from dispatcher.readiness import StateWriteCheck
 from dispatcher.registry import Registry
 from dispatcher.reloader import watch_tenants_folder
 from dispatcher.sandbox import SandboxPolicy
@@ -91,6 +92,7 @@ class Dispatcher:
         self.tenant_log = TenantLog()
         self.launcher = ZygoteLauncher() if settings.zygote else ExecLauncher()
         self.delivery_store = DeliveryStore(settings.state_dir / "deliveries.sqlite3")
+        self.state_check = StateWriteCheck(settings.state_dir)
         self.delivery_wake = asyncio.Event()
         sink = AsyncDeliverySink(self.delivery_store, self.delivery_wake)
         networks = [ipaddress.ip_network(n) for n in settings.private_egress]
@@ -104,6 +106,13 @@ class Dispatcher:
         self.directory = TenantDirectory(self.pool)
         self.rate_limiter = RateLimiter()
         self.stats = RequestStats()
+        self.directory.forget_hooks += [
+            self.gateway.forget,
+            self.outbound_limits.forget,
+            self.rate_limiter.forget,
+            self.stats.forget,
+            self.tenant_log.forget,
+        ]
         self.metrics = metrics_registry(self)
         self.metrics_snapshot = MetricsSnapshot({}, {})
         self.deployments = Deployments(registry, self.directory, settings.state_dir)
@@ -166,17 +175,12 @@ class Dispatcher:
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Can this dispatcher take traffic: workers can start, state saves."""
-        checks: dict[str, str] = {}
-        checks["zygote"] = await self.launcher.readiness()
-        try:
-            self.delivery_store.probe_write()
-            self.deployments.registry.probe_write()
-            checks["state_database"] = "writable"
-        except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            log.error("readiness: the state database takes no writes: %s", exc)
-            checks["state_database"] = "not writable"
-        ready = checks["zygote"] in ("up", "started", "not used")
-        return ready and checks["state_database"] == "writable", checks
+        zygote, state = await asyncio.gather(
+            self.launcher.readiness(), self.state_check.check()
+        )
+        checks = {"zygote": zygote, "state_database": state}
+        ready = zygote in ("up", "started", "not used") and state == "writable"
+        return ready, checks
 
     def outbound_rate(self, tenant_id: str, host: str) -> float:
         """Calls per second the tenant may make to ``host`` (0: no limit)."""

@@ -307,12 +307,6 @@ class DeliveryStore:
             ).fetchall()
         return {(tenant, state): int(number) for tenant, state, number in rows}
 
-    def probe_write(self) -> None:
-        """Write and roll back, to show the state database takes writes."""
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("ROLLBACK")
-
     def get(self, delivery_id: str) -> Delivery | None:
         with self.lock:
             row = self.db.execute(

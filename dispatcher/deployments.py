@@ -157,7 +157,7 @@ class Deployments:
         """Stop serving a script and forget it, secrets included."""
         existed = self.registry.delete_script(self.namespace, script)
         if existed:
-            await self.directory.remove(script)
+            self.directory.remove(script)
             shutil.rmtree(self.root / script, ignore_errors=True)
         return existed
 

@@ -10,6 +10,7 @@ boot is refused, and the last good one keeps serving.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from dispatcher.errors import WorkerBootFailed
@@ -29,6 +30,8 @@ class TenantDirectory:
     def __init__(self, pool: WorkerPool) -> None:
         self.pool = pool
         self.tenants: dict[str, Tenant] = {}
+        # What else keeps state per tenant id, told when a tenant is removed.
+        self.forget_hooks: list[Callable[[str], None]] = []
 
     def get(self, tenant_id: str) -> Tenant | None:
         return self.tenants.get(tenant_id)
@@ -59,12 +62,25 @@ class TenantDirectory:
         )
         return worker.startup_ms
 
-    async def remove(self, tenant_id: str) -> None:
-        """Stop serving a tenant: new requests get 404, old ones finish."""
+    def remove(self, tenant_id: str) -> None:
+        """Stop serving a tenant: new requests get 404, old ones finish.
+
+        Everything kept about it - workers, counts, limits, log - is
+        dropped at once, so that a tenant created later under the same id
+        starts afresh. Nothing here awaits: a tenant installed under the
+        id meanwhile could otherwise lose its own state.
+
+        XXX: a draining worker that still prints puts lines under the id
+        again; the tenant log could drop lines of a version marked removed.
+        """
         previous = self.tenants.pop(tenant_id, None)
-        if previous is not None:
-            log.info("tenant %s: removed; its workers drain and stop", tenant_id)
-            await self.pool.retire_version(previous)
+        if previous is None:
+            return
+        log.info("tenant %s: removed; its workers drain and stop", tenant_id)
+        previous.removed = True
+        self.pool.forget_tenant(tenant_id)
+        for forget in self.forget_hooks:
+            forget(tenant_id)
 
 
 def check_compiles(tenant: Tenant) -> None:

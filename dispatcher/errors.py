@@ -116,6 +116,17 @@ class WorkerBootFailed(DispatchError):
         self.detail = detail or message
 
 
+class HostCannotStart(WorkerBootFailed):
+    """The host, not the tenant, could not start a worker just now.
+
+    Out of processes or descriptors, or the zygote gone or not answering.
+    Clients see the same 503 ``worker_boot_failed``; the tenant is not
+    backed off for it, so it is served as soon as the host recovers.
+    """
+
+    headers = (("retry-after", "1"),)
+
+
 class WorkerTimeout(DispatchError):
     status = 504
     code = "worker_timeout"

@@ -181,6 +181,11 @@ class EgressGateway:
         self.counts[tenant.id, "failed" if result.error else "made"] += 1
         return result
 
+    def forget(self, tenant_id: str) -> None:
+        """Drop a removed tenant's outbound counts."""
+        for key in [key for key in self.counts if key[0] == tenant_id]:
+            del self.counts[key]
+
     async def wait_turn(self, tenant: Tenant, host: str) -> bool:
         """Wait for the tenant's turn at ``host``; False past MAX_WAIT_S."""
         rate = tenant.config.egress.rate_limits.get(host, 0.0)

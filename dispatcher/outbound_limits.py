@@ -36,6 +36,12 @@ class OutboundLimits:
             bucket = self.buckets[tenant, host] = TokenBucket(rate, 1)
         return bucket.take(now)
 
+    def forget(self, tenant: str) -> None:
+        """Drop a removed tenant's buckets and pauses."""
+        for table in (self.buckets, self.paused_until):
+            for key in [key for key in table if key[0] == tenant]:
+                del table[key]
+
     def slow_down(self, tenant: str, host: str, seconds: float) -> None:
         """The upstream asked for a pause (429 with Retry-After): keep it."""
         until = time.monotonic() + seconds

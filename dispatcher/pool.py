@@ -19,6 +19,12 @@ idle worker is evicted. No tenant setting can lift those bounds.
 A tenant whose worker fails to boot backs off, doubling from
 ``boot_retry_after_s`` up to a minute, and meanwhile answers 503
 ``worker_boot_failed`` with the reason instead of respawning in a loop.
+A worker the host could not start (``HostCannotStart``) is no reason to
+back the tenant off: its next request tries again.
+
+A removed tenant is forgotten at once: its workers drain and stop without
+being counted, its counts and backoff go, and a start under way for it
+ends in a 404. A tenant created later under the same id starts afresh.
 
 One supervision loop, once a second, does the periodic part: heartbeats
 (a worker quiet for ``heartbeat_s`` is pinged; one that leaves the ping
@@ -37,7 +43,13 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from dispatcher.errors import TenantBusy, WorkerBootFailed, WorkerCrashed
+from dispatcher.errors import (
+    HostCannotStart,
+    TenantBusy,
+    TenantNotFound,
+    WorkerBootFailed,
+    WorkerCrashed,
+)
 from dispatcher.gate import TenantGate
 from dispatcher.launcher import Launcher
 from dispatcher.outbound import NO_OUTBOUND, OutboundGateway
@@ -98,6 +110,8 @@ class WorkerPool:
         self.launcher = launcher
         self.tenant_log = tenant_log
         self.groups: dict[str, TenantWorkers] = {}
+        # Workers of removed tenants, until they have drained and stopped.
+        self.leaving: set[Worker] = set()
         self.gates: dict[str, TenantGate] = {}
         self.boot_failures: dict[str, BootFailure] = {}
         self.closing = False
@@ -108,8 +122,9 @@ class WorkerPool:
 
     @property
     def workers(self) -> list[Worker]:
-        """Every live worker, all tenants."""
-        return [w for group in self.groups.values() for w in group.workers]
+        """Every live worker, all tenants, removed ones' still draining too."""
+        serving = [w for group in self.groups.values() for w in group.workers]
+        return serving + list(self.leaving)
 
     async def dispatch(
         self,
@@ -118,6 +133,7 @@ class WorkerPool:
         trace: RequestTrace | None = None,
     ) -> frames.Response:
         """Run one request on one of the tenant's warm workers."""
+        raise_if_removed(tenant)
         if tenant.problem is not None:
             raise WorkerBootFailed(f"the tenant cannot start: {tenant.problem}")
         async with self.gate_for(tenant):
@@ -143,6 +159,7 @@ class WorkerPool:
         self, tenant: Tenant, trace: RequestTrace | None = None
     ) -> Worker:
         """The least busy serving worker, starting another when all are full."""
+        raise_if_removed(tenant)  # before its group is made again
         group = self.groups.setdefault(tenant.id, TenantWorkers())
         limits = tenant.config.limits
         while True:
@@ -189,6 +206,8 @@ class WorkerPool:
             worker = await Worker.spawn(
                 tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
             )
+        except HostCannotStart:
+            raise  # the host's failure: the tenant is not to wait for it
         except WorkerBootFailed as exc:
             self.note_boot_failure(tenant, exc)
             raise
@@ -199,6 +218,9 @@ class WorkerPool:
         if self.closing:
             await worker.shutdown()
             raise WorkerCrashed("the dispatcher is shutting down")
+        if tenant.removed:
+            await worker.shutdown("retired")
+            raise TenantNotFound(f"no tenant named {tenant.id!r}")
         self.take_into_service(worker, group)
         return worker
 
@@ -208,11 +230,12 @@ class WorkerPool:
         A failure here is the deploy's to report, not a reason to back off
         the version that is serving.
         """
-        group = self.groups.setdefault(tenant.id, TenantWorkers())
         await self.make_room()
         worker = await Worker.spawn(
             tenant, self.settings, self.tenant_log, self.sandbox, self.launcher
         )
+        # The group now: a removal during the boot let go of the one before.
+        group = self.groups.setdefault(tenant.id, TenantWorkers())
         self.take_into_service(worker, group)
         return worker
 
@@ -232,8 +255,25 @@ class WorkerPool:
         if group is None:
             return
         for worker in [w for w in group.workers if w.tenant is tenant]:
-            worker.retiring = True
-            worker.tasks.append(asyncio.create_task(worker.shutdown("retired")))
+            retire(worker)
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """Drop a removed tenant: its workers drain uncounted, its counts go."""
+        group = self.groups.pop(tenant_id, None)
+        if group is not None and group.starting_version is not None:
+            group.starting_version.removed = True  # its start ends in a 404
+        for worker in group.workers if group else []:
+            worker.tenant.removed = True  # an older version may still drain
+            worker.on_exit = self.leaving.discard
+            self.leaving.add(worker)
+            if not worker.retiring:
+                retire(worker)
+
+        self.gates.pop(tenant_id, None)
+        self.boot_failures.pop(tenant_id, None)
+        self.starts.pop(tenant_id, None)
+        for key in [key for key in self.exits if key[0] == tenant_id]:
+            del self.exits[key]
 
     def note_boot_failure(self, tenant: Tenant, error: WorkerBootFailed) -> None:
         """Back off a tenant that cannot start: 5 s, 10 s, ... up to a minute."""
@@ -299,10 +339,12 @@ class WorkerPool:
         log.info(
             "recycling worker pid %d of tenant %s: %s", worker.pid, tenant.id, reason
         )
-        group = self.groups.setdefault(tenant.id, TenantWorkers())
+        group = self.groups.get(tenant.id)
+        if group is None or tenant.removed:
+            return  # removed: the worker is draining already
         try:
             await asyncio.shield(self.start_worker(tenant, group))
-        except (WorkerBootFailed, TenantBusy, WorkerCrashed) as exc:
+        except (WorkerBootFailed, TenantBusy, WorkerCrashed, TenantNotFound) as exc:
             log.warning(
                 "tenant %s: no replacement for pid %d: %s", tenant.id, worker.pid, exc
             )
@@ -398,6 +440,18 @@ class WorkerPool:
         await asyncio.gather(*(w.shutdown() for w in workers))
         log.info("stopped %d workers", len(workers))
         await self.launcher.close()
+
+
+def raise_if_removed(tenant: Tenant) -> None:
+    """A request that reached a tenant just removed is answered 404."""
+    if tenant.removed:
+        raise TenantNotFound(f"no tenant named {tenant.id!r}")
+
+
+def retire(worker: Worker) -> None:
+    """Stop giving the worker requests; it stops once it has none."""
+    worker.retiring = True
+    worker.tasks.append(asyncio.create_task(worker.shutdown("retired")))
 
 
 def half_of_memory() -> int:

@@ -64,6 +64,12 @@ class RateLimiter:
             burst = limit.burst or max(1, math.ceil(limit.requests_per_second))
             self.take(tenant.id, limit.requests_per_second, burst)
 
+    def forget(self, tenant_id: str) -> None:
+        """Drop a removed tenant's buckets, its routes' ones too."""
+        # Keys are the tenant id, or the id and a route prefix after a space.
+        for key in [k for k in self.buckets if k.split(" ", 1)[0] == tenant_id]:
+            del self.buckets[key]
+
     def take(self, key: str, rate: float, burst: int) -> None:
         bucket = self.buckets.get(key)
         if bucket is None:

@@ -169,9 +169,6 @@ class Registry(Protocol):
         this key or was sealed for another secret.
         """
 
-    def probe_write(self) -> None:
-        """Raise RegistryError unless the store can take a write now."""
-
     def close(self) -> None:
         """Release the store; later calls raise RegistryError."""
 

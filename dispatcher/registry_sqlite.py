@@ -250,15 +250,6 @@ class SqliteRegistry:
             for name, token in sorted(sealed.items())
         }
 
-    def probe_write(self) -> None:
-        """Take the write lock and let it go: proves the file takes writes."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("ROLLBACK")
-            except sqlite3.Error as exc:
-                raise RegistryError(f"the registry takes no writes: {exc}") from exc
-
     def close(self) -> None:
         with self._lock:
             if not self._closed:

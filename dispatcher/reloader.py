@@ -75,7 +75,7 @@ async def reload_tenant(
     if not (folder / "tenant.toml").is_file():
         serving = directory.get(folder.name)
         if serving is not None and serving.dir.is_relative_to(folder.parent):
-            await directory.remove(folder.name)
+            directory.remove(folder.name)
         return
     tenant = load_tenant(folder, state_dir)
     if tenant is None:

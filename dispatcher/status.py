@@ -130,6 +130,10 @@ class RequestStats:
     def of(self, tenant_id: str) -> TenantRequests:
         return self.tenants.get(tenant_id) or TenantRequests()
 
+    def forget(self, tenant_id: str) -> None:
+        """Drop a removed tenant's counts."""
+        self.tenants.pop(tenant_id, None)
+
     def forget_missing(self, known: set[str]) -> None:
         """Drop the counts of tenants that were deleted."""
         for tenant_id in set(self.tenants) - known:

@@ -148,6 +148,8 @@ class Tenant:
     problem: str | None = None
     # What is deployed: a short hash of tenant.toml and the script.
     version: str = ""
+    # Set once the tenant is removed: nothing may start a worker for it.
+    removed: bool = False
 
 
 def is_valid_tenant_id(tenant_id: str) -> bool:

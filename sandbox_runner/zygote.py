@@ -8,7 +8,10 @@ dispatcher starts one zygote and asks it for workers over a Unix
 - host to zygote: ``spawn <token>`` with three descriptors attached - the
   worker's frames-in, frames-out and log pipe ends;
 - zygote to host: ``spawned <token> <pid>``, and later
-  ``exited <pid> <returncode>`` (negative: killed by that signal).
+  ``exited <pid> <returncode>`` (negative: killed by that signal); or
+  ``failed <token>`` when it could not fork (out of processes, say);
+- host to zygote ``ping <token>``, answered ``pong <token>``: the host's
+  readiness check, which tells a hung zygote from one that is up.
 
 The child puts the three descriptors on fds 0, 1 and 2, leads a new
 process group, and runs exactly what ``python -m sandbox_runner`` runs, so
@@ -68,7 +71,7 @@ def serve_spawns(control: socket.socket, wakeup_read: int) -> None:
 
 
 def handle_request(control: socket.socket, wakeup_read: int) -> bool:
-    """Fork one worker for a ``spawn`` message; False once the host is gone."""
+    """Answer a ``ping`` or fork for a ``spawn``; False once the host is gone."""
     fds = array.array("i")
     message, ancillary, _, _ = control.recvmsg(
         MAX_MESSAGE_BYTES, socket.CMSG_SPACE(FDS_PER_WORKER * fds.itemsize)
@@ -79,20 +82,36 @@ def handle_request(control: socket.socket, wakeup_read: int) -> bool:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
 
-    token = message.split(b" ", 1)[1] if b" " in message else b"?"
-    if len(fds) != FDS_PER_WORKER:
-        for fd in fds:
-            os.close(fd)
+    request, _, token = message.partition(b" ")
+    if request == b"ping":
+        close_all(fds)
+        control.send(b"pong " + token)
+    elif len(fds) != FDS_PER_WORKER:
+        close_all(fds)
         control.send(b"failed " + token)
-        return True
+    else:
+        control.send(fork_worker(fds, token, control, wakeup_read))
+    return True
 
-    pid = os.fork()
+
+def fork_worker(
+    fds: array.array[int], token: bytes, control: socket.socket, wakeup_read: int
+) -> bytes:
+    """Fork a worker on ``fds``; the reply for the host."""
+    try:
+        pid = os.fork()
+    except OSError:  # out of processes or memory: the host is told, we go on
+        close_all(fds)
+        return b"failed " + token
     if pid == 0:
         become_worker(list(fds), control, wakeup_read)
+    close_all(fds)
+    return b"spawned %s %d" % (token, pid)
+
+
+def close_all(fds: array.array[int]) -> None:
     for fd in fds:
         os.close(fd)
-    control.send(b"spawned %s %d" % (token, pid))
-    return True
 
 
 def become_worker(fds: list[int], control: socket.socket, wakeup_read: int) -> None:

@@ -7,6 +7,7 @@ that tests can add tenants of their own without touching the repo.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -174,3 +175,49 @@ def response_complete(data: bytes) -> bool:
         if line.lower().startswith(b"content-length:"):
             return len(body) >= int(line.split(b":")[1])
     return False
+
+
+Listeners = tuple[httpx.AsyncClient, httpx.AsyncClient]
+
+
+@contextlib.asynccontextmanager
+async def listener_clients(
+    process: DispatcherProcess, admin_headers: dict[str, str] | None = None
+) -> AsyncIterator[Listeners]:
+    """Clients of the public listener and of the management API, in that order."""
+    assert process.admin_url is not None
+    async with (
+        httpx.AsyncClient(base_url=process.url, timeout=30) as public,
+        httpx.AsyncClient(
+            base_url=process.admin_url, headers=admin_headers, timeout=30
+        ) as admin,
+    ):
+        yield public, admin
+
+
+def dispatcher_in(base: Path, admin_token: str, *extra_args: str) -> DispatcherProcess:
+    """A dispatcher of a test's own: ``base`` holds tenants/, state/ and its log."""
+    return DispatcherProcess(
+        base / "tenants",
+        base / "state",
+        base / "dispatcher.log",
+        extra_args=list(extra_args),
+        extra_env={"SWITCHYARD_ADMIN_TOKEN": admin_token},
+    )
+
+
+def zygote_pid(process: DispatcherProcess) -> int:
+    """The pid of the dispatcher's latest zygote, from its log."""
+    return int(ZYGOTE_STARTED.findall(process.log())[-1])
+
+
+@contextlib.contextmanager
+def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
+    """SIGSTOP the dispatcher's zygote ``pid``; SIGCONT it after, if it lives."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if psutil.Process(pid).ppid() == process.process.pid:
+                os.kill(pid, signal.SIGCONT)
