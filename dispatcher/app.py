@@ -133,7 +133,6 @@ class Dispatcher:
 
     async def status(self) -> dict[str, Any]:
         """Every tenant's state, counts and limits, for ``GET /status``."""
-        self.stats.forget_missing(set(self.directory.tenants))
         usage = await usage_of(self.pool.workers)
         return status_report(self.directory, self.pool, self.stats, self.gateway, usage)
 

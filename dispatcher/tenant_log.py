@@ -131,13 +131,18 @@ class TenantLog:
             )
             budget.dropped = 0
 
-        history = self.history.setdefault(tenant.id, History())
+        # A removed tenant's draining workers may still print: the operator
+        # log shows it, but nothing is kept under an id that may be reused.
+        kept = None if tenant.removed else self.history.setdefault(tenant.id, History())
         for line in lines[:granted]:
             if isinstance(line, bytes):
                 line = line.decode("utf-8", "replace")
             text = clean_line(redact(line, tenant))
             entry = LogLine(time.time(), pid, text)
-            history.append(entry)
+            if kept is None:
+                log.info("tenant %s (removed) pid %d: %s", tenant.id, pid, text)
+                continue
+            kept.append(entry)
             log.info("tenant %s pid %d: %s", tenant.id, pid, text)
             if tenant.id in self.tails:
                 self.publish(tenant.id, {"type": "log", **asdict(entry)})
@@ -160,8 +165,9 @@ class TenantLog:
         record = SlowRequestRecord(
             time.time(), request_id, pid, elapsed_ms, clean_stack
         )
-        kept = self.slow.setdefault(tenant.id, deque(maxlen=KEPT_PER_TENANT))
-        kept.append(record)
+        if not tenant.removed:
+            kept = self.slow.setdefault(tenant.id, deque(maxlen=KEPT_PER_TENANT))
+            kept.append(record)
         self.emit_message(tenant, pid, record.as_text())
         if tenant.id in self.tails:
             self.publish(tenant.id, {"type": "slow", **record.as_dict()})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
-from dispatcher.deliveries import LEASE_S, DeliveryStore
+from dispatcher.deliveries import LEASE_S, DeliveryLoop, DeliveryStore
 from dispatcher.tenants import Tenant, TenantConfig
 from sandbox_runner import frames
+from tests.upstream import FakeUpstream
 
 
 def outbound(number: int) -> frames.Outbound:
@@ -92,3 +95,40 @@ def test_old_succeeded_deliveries_are_forgotten_and_nothing_else(
     assert (pruned, again) == (1, 0)
     assert store.get(ids[0]) is None
     assert [store.get(i).state for i in ids[1:]] == ["succeeded", "dead", "pending"]
+
+
+async def test_a_locked_database_pauses_deliveries_but_never_ends_them(
+    tmp_path: Path,
+) -> None:
+    """Another writer holding the file makes the loop wait, then it goes on."""
+    path = tmp_path / "deliveries.sqlite3"
+    store = DeliveryStore(path)
+    store.db.execute("PRAGMA busy_timeout=50")  # fail fast instead of in 5 s
+    upstream = FakeUpstream()
+    loop = DeliveryLoop(store, asyncio.Event(), poll_s=0.05)
+    running = asyncio.create_task(loop.run())
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        await asyncio.sleep(0.3)  # claims fail while the lock is held
+        assert not running.done()
+        holder.execute("ROLLBACK")
+
+        tenant = Tenant("t", tmp_path, TenantConfig())
+        delivery = frames.Outbound(
+            id=1, request_id="r", kind="deliver", method="POST",
+            url=f"{upstream.url}/after", headers=[], body=b"x", timeout_s=5,
+        )  # fmt: skip
+        store.add(tenant, delivery)
+        loop.wake.set()
+        for _ in range(100):
+            if upstream.requests_to("/after"):
+                break
+            await asyncio.sleep(0.05)
+        assert len(upstream.requests_to("/after")) == 1
+    finally:
+        holder.close()
+        running.cancel()
+        await loop.close()
+        upstream.close()
+        store.close()
