@@ -33,7 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.console import CONSOLE_PATHS, add_console_routes
-from dispatcher.deliveries import DeliveryStore
+from dispatcher.deliveries import Delivery, DeliveryStore
 from dispatcher.deployments import Deployments
 from dispatcher.directory import DeployRefused
 from dispatcher.registry import (
@@ -166,6 +166,8 @@ class Operations(Protocol):
     def circuits_of(self, tenant: str) -> list[dict[str, object]]: ...
 
     def has_tenant(self, tenant_id: str) -> bool: ...
+
+    def redact(self, tenant_id: str, text: str) -> str: ...
 
     async def status(self) -> dict[str, Any]: ...
 
@@ -489,6 +491,7 @@ def add_script_routes(app: FastAPI, deployments: Deployments) -> None:
         except DeployRefused as exc:
             raise AdminError(400, "invalid_settings", str(exc), name) from None
         version = registry.update_settings(namespace, name, settings)
+        deployments.label(name, version.version_id)
         return describe(version)
 
 
@@ -637,13 +640,21 @@ def add_delivery_routes(
     store = operations.delivery_store
     wake = operations.delivery_wake
 
+    def shown(delivery: Delivery, name: str) -> dict[str, Any]:
+        """A delivery as the API shows it: a secret in its URL is hidden."""
+        summary = delivery.summary()
+        for field in ("url", "last_error"):
+            if summary[field]:
+                summary[field] = operations.redact(name, summary[field])
+        return summary
+
     @app.get(SCRIPT + "/deliveries", summary="Deliveries, optionally by state")
     async def list_deliveries(
         account: str, namespace: str, script: str, state: str | None = None
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
         found = await asyncio.to_thread(store.list, name, state)
-        return {"deliveries": [d.summary() for d in found]}
+        return {"deliveries": [shown(d, name) for d in found]}
 
     @app.get(SCRIPT + "/deliveries/circuits", summary="Circuit breakers by host")
     async def circuits(account: str, namespace: str, script: str) -> dict[str, Any]:
@@ -658,7 +669,7 @@ def add_delivery_routes(
         delivery = await asyncio.to_thread(store.get, delivery_id)
         if delivery is None or delivery.tenant != name:
             raise AdminError(404, "delivery_not_found", "no such delivery", name)
-        return delivery.summary()
+        return shown(delivery, name)
 
     @app.post(SCRIPT + "/deliveries/replay", summary="Replay every dead letter")
     async def replay_all(account: str, namespace: str, script: str) -> dict[str, Any]:

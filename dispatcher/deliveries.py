@@ -404,6 +404,10 @@ class DeliveryLoop:
                     exc,
                 )
                 await asyncio.sleep(STORE_RETRY_S)
+            except Exception:
+                # A bug must not stop every tenant's deliveries for good.
+                log.exception("deliveries paused for %.0f s by an error", STORE_RETRY_S)
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def run_once(self) -> None:
         """Prune when it is time, then attempt what is due or wait for it."""
@@ -478,6 +482,17 @@ class DeliveryLoop:
             error = None if status < 300 else f"upstream answered {status}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
+        except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
+            # A call HTTP cannot carry (stored before calls were checked, or
+            # by a check that missed a case): no retry can send it.
+            error = f"cannot be sent: {type(exc).__name__}"
+            await asyncio.to_thread(
+                self.store.record, delivery, "dead", time.time(), None, error
+            )
+            log.warning(
+                "delivery %s of tenant %s %s", delivery.id, delivery.tenant, error
+            )
+            return True  # the request's fault, not the host's
 
         state, next_at = self.outcome(delivery, number, status, retry_after)
         # XXX: each outcome is its own transaction and thread hop, which

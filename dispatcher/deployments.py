@@ -32,6 +32,7 @@ from dispatcher.registry import (
     ScriptSettings,
     ScriptVersion,
 )
+from dispatcher.reloader import reload_tenant
 from dispatcher.tenants import (
     Egress,
     Limits,
@@ -56,11 +57,16 @@ class Deployments:
         directory: TenantDirectory,
         state_dir: Path,
         namespace: str = "default",
+        tenants_dir: Path | None = None,
     ) -> None:
         self.registry = registry
         self.directory = directory
+        self.state_dir = state_dir
         self.root = state_dir.resolve() / "deployed"
         self.namespace = namespace
+        # The watched folder: a deleted script that has a folder there
+        # falls back to it, as if the API version had never been.
+        self.tenants_dir = tenants_dir
 
     async def deploy(
         self,
@@ -79,7 +85,18 @@ class Deployments:
         version = self.registry.put_version(
             self.namespace, script, main_module, files, settings
         )
+        self.label(script, version.version_id)
         return version, startup_ms
+
+    def label(self, script: str, version_id: str) -> None:
+        """Show the serving tenant under its registry version id.
+
+        A version serves before the registry records it (a refused trial
+        records nothing), so its id is known only afterwards.
+        """
+        tenant = self.directory.get(script)
+        if tenant is not None:
+            tenant.version = version_id
 
     async def serve(
         self, script: str, folder: Path, main_module: str, settings: ScriptSettings
@@ -109,9 +126,11 @@ class Deployments:
             version.script, version.main_module, version.files, version.settings
         )
         folder = staged.folder(self.root)
-        return await self.serve(
+        startup_ms = await self.serve(
             version.script, folder, version.main_module, version.settings
         )
+        self.label(version.script, version.version_id)
+        return startup_ms
 
     async def serve_changed_settings(
         self, current: ScriptVersion, settings: ScriptSettings
@@ -159,6 +178,9 @@ class Deployments:
         if existed:
             self.directory.remove(script)
             shutil.rmtree(self.root / script, ignore_errors=True)
+            if self.tenants_dir is not None:
+                folder = self.tenants_dir / script
+                await reload_tenant(folder, self.state_dir, self.directory)
         return existed
 
 

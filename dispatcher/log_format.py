@@ -50,3 +50,8 @@ def configure_logging(level: str, style: str = "plain") -> None:
     else:
         handler.setFormatter(logging.Formatter(PLAIN))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # httpx logs every request's full URL at INFO, and a tenant's URL may
+    # hold its secret (a webhook token); the gateway logs calls redacted.
+    # watchfiles logs each batch of changes, which the reloader reports.
+    for chatty in ("httpx", "httpcore", "watchfiles"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -21,6 +21,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+import re
 import socket
 from collections import Counter
 from typing import Protocol
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from dispatcher.outbound_limits import OutboundLimits
+from dispatcher.tenant_log import redact
 from dispatcher.tenants import Tenant
 from sandbox_runner import frames
 
@@ -36,6 +38,7 @@ log = logging.getLogger("dispatcher.outbound")
 
 MAX_RESPONSE_BYTES = 10 * 1024 * 1024
 MAX_TIMEOUT_S = 60.0
+MAX_URL_CHARS = 8192
 # How long ctx.fetch waits for its turn under a rate limit before raising.
 MAX_WAIT_S = 10.0
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +70,12 @@ class EgressDenied(Exception):
     code = "egress_denied"
 
 
+class InvalidOutbound(EgressDenied):
+    """A call HTTP cannot carry: a malformed URL, port or header."""
+
+    code = "invalid_request"
+
+
 class RegionDenied(EgressDenied):
     """A destination the operator placed outside the tenant's region."""
 
@@ -87,8 +96,10 @@ class EgressPolicy:
         # Which region each host serves from, as the operator declared.
         self.host_regions = {h.lower(): r for h, r in host_regions.items()}
 
-    async def check(self, tenant: Tenant, url: str) -> None:
-        """Raise EgressDenied unless ``url`` is a destination allowed now."""
+    async def check(self, tenant: Tenant, frame: frames.Outbound) -> None:
+        """Raise EgressDenied unless the call is well formed and allowed now."""
+        check_shape(frame)
+        url = frame.url
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise EgressDenied(f"scheme {parts.scheme!r} is not http or https")
@@ -98,7 +109,7 @@ class EgressPolicy:
         if not host_allowed(host, tenant.config.egress.allow):
             raise EgressDenied(f"host {host!r} is not in the tenant's egress allowlist")
         self.check_region(tenant, host)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = port_of(url)
         for address in await resolve(host, port):
             self.check_address(host, address)
 
@@ -118,6 +129,46 @@ class EgressPolicy:
         if any(ip in network for network in self.private_networks):
             return
         raise EgressDenied(f"host {host!r} resolves to the non-public address {ip}")
+
+
+# A URL is printable ASCII, no spaces: anything else is either rejected by
+# the HTTP client later (too late: a stored delivery could never be sent)
+# or would carry a line break into the dispatcher's log.
+_URL = re.compile(r"^[\x21-\x7e]+$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+
+
+def check_shape(frame: frames.Outbound) -> None:
+    """Raise InvalidOutbound for a call HTTP cannot carry."""
+    if len(frame.url) > MAX_URL_CHARS or not _URL.match(frame.url):
+        raise InvalidOutbound(
+            "the URL must be printable ASCII without spaces, "
+            f"at most {MAX_URL_CHARS} characters (percent-encode the rest)"
+        )
+    port_of(frame.url)
+    if not _HEADER_NAME.match(frame.method):
+        raise InvalidOutbound(f"method {frame.method[:32]!r} is not an HTTP token")
+    for name, value in frame.headers:
+        if not _HEADER_NAME.match(name):
+            raise InvalidOutbound(f"header name {name[:64]!r} is not an HTTP token")
+        if not _HEADER_VALUE.match(value):
+            raise InvalidOutbound(
+                f"the value of header {name!r} must be printable ASCII: encode "
+                "other text first (percent-encoding, or RFC 8187's UTF-8'')"
+            )
+
+
+def port_of(url: str) -> int:
+    """The URL's port, its scheme's default if none; InvalidOutbound if bad."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidOutbound(
+            "the URL's port is not a number from 0 to 65535"
+        ) from None
+    return port or (443 if parts.scheme == "https" else 80)
 
 
 def host_allowed(host: str, allow: list[str]) -> bool:
@@ -157,10 +208,14 @@ class EgressGateway:
         self, tenant: Tenant, frame: frames.Outbound
     ) -> frames.OutboundResult:
         try:
-            await self.policy.check(tenant, frame.url)
+            await self.policy.check(tenant, frame)
         except EgressDenied as exc:
             self.counts[tenant.id, exc.code] += 1
-            log.info("tenant %s: outbound call refused: %s", tenant.id, exc)
+            log.info(
+                "tenant %s: outbound call refused: %s",
+                tenant.id,
+                redact(str(exc), tenant),
+            )
             result = refused(frame, exc.code, str(exc))
             if frame.kind == "deliver" and isinstance(exc, RegionDenied):
                 reason = f"{exc.code}: {exc}"
@@ -174,7 +229,7 @@ class EgressGateway:
                 "tenant %s: delivery %s stored for %s",
                 tenant.id,
                 delivery_id,
-                frame.url,
+                redact(frame.url, tenant),
             )
             return frames.OutboundResult(frame.id, delivery_id=delivery_id)
         result = await self.fetch(tenant, frame)
@@ -215,7 +270,8 @@ class EgressGateway:
             async with asyncio.timeout(timeout):
                 body = await read_capped(response)
         except (httpx.HTTPError, TimeoutError) as exc:
-            log.info("tenant %s: fetch of %s failed: %s", tenant.id, frame.url, exc)
+            url = redact(frame.url, tenant)
+            log.info("tenant %s: fetch of %s failed: %s", tenant.id, url, type(exc))
             return refused(frame, "upstream_error", type(exc).__name__)
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw
@@ -228,7 +284,7 @@ class EgressGateway:
             "tenant %s: fetch %s %s -> %d",
             tenant.id,
             frame.method,
-            frame.url,
+            redact(frame.url, tenant),
             response.status_code,
         )
         return frames.OutboundResult(frame.id, response.status_code, headers, body)

@@ -13,8 +13,8 @@ while tenant requests go on being answered.
 
 A thread cannot be cancelled: a check stuck in the file system (a hung
 network mount, say) runs on after the probe has answered. At most one
-check per database is in flight; until it returns, later probes answer
-"not writable" at once instead of piling threads up.
+check per database is in flight; probes that come meanwhile wait for that
+one (up to the same second) instead of starting threads of their own.
 
 XXX: this knows the SQLite files under the state folder. A registry kept
 in PostgreSQL would need a check of its own here, writing the same row.
@@ -63,13 +63,13 @@ class StateWriteCheck:
 
     async def check_one(self, path: Path) -> str:
         """Why ``path`` took no write, or "" when it did."""
-        previous = self.running.get(path)
-        if previous is not None and not previous.done():
-            return "the previous check has not returned yet"
-
-        task = asyncio.create_task(asyncio.to_thread(write_row, path))
-        task.add_done_callback(consume_outcome)
-        self.running[path] = task
+        # Probes that overlap (two load balancers, say) share the check in
+        # flight: its answer is theirs too, and threads never pile up.
+        task = self.running.get(path)
+        if task is None or task.done():
+            task = asyncio.create_task(asyncio.to_thread(write_row, path))
+            task.add_done_callback(consume_outcome)
+            self.running[path] = task
         try:
             # shield: a timeout must leave the task to say when the thread
             # is done, or the next probe would start a second one.

@@ -121,16 +121,6 @@ class TenantLog:
         """Record whole lines, as far as the tenant's budget allows."""
         budget = self.budgets.setdefault(tenant.id, LineBudget())
         granted = budget.take(len(lines))
-        if granted and budget.dropped:
-            log.warning(
-                "tenant %s pid %d: %d log lines dropped, over %d lines/s",
-                tenant.id,
-                pid,
-                budget.dropped,
-                LINES_PER_SECOND,
-            )
-            budget.dropped = 0
-
         # A removed tenant's draining workers may still print: the operator
         # log shows it, but nothing is kept under an id that may be reused.
         kept = None if tenant.removed else self.history.setdefault(tenant.id, History())
@@ -146,6 +136,22 @@ class TenantLog:
             log.info("tenant %s pid %d: %s", tenant.id, pid, text)
             if tenant.id in self.tails:
                 self.publish(tenant.id, {"type": "log", **asdict(entry)})
+        # Said after the lines it follows, and only when the budget lets a
+        # line through: a flood is reported once, not once per batch.
+        if granted and budget.dropped:
+            self.report_dropped(tenant, pid, budget)
+
+    def report_dropped(self, tenant: Tenant, pid: int, budget: LineBudget) -> None:
+        """Say, where the tenant looks too, that lines over its budget were lost."""
+        note = f"{budget.dropped} log lines dropped, over {LINES_PER_SECOND:g} lines/s"
+        budget.dropped = 0
+        log.warning("tenant %s pid %d: %s", tenant.id, pid, note)
+        if tenant.removed:
+            return
+        line = LogLine(time.time(), pid, f"[switchyard: {note}]")
+        self.history.setdefault(tenant.id, History()).append(line)
+        if tenant.id in self.tails:
+            self.publish(tenant.id, {"type": "log", **asdict(line)})
 
     def record_slow_request(
         self,

@@ -363,7 +363,18 @@ class Worker:
         return None
 
     async def run_outbound(self, frame: frames.Outbound) -> None:
-        result = await self.outbound_gateway.handle(self.tenant, frame)
+        """Answer one ctx.fetch or ctx.deliver; tenant code never waits in vain."""
+        try:
+            result = await self.outbound_gateway.handle(self.tenant, frame)
+        except Exception:
+            log.exception(
+                "tenant %s: outbound call %d failed in the dispatcher",
+                self.tenant.id,
+                frame.id,
+            )
+            result = frames.OutboundResult(
+                frame.id, error="internal_error", message="the dispatcher failed"
+            )
         self.write_outbound_result(result)
 
     def write_outbound_result(self, result: frames.OutboundResult) -> None:

@@ -23,7 +23,7 @@ DEFAULT_TIMEOUT_S = 10.0
 
 
 class OutboundRefused(PermissionError):
-    """The host refused the call: egress policy, region or budget."""
+    """The host refused the call: egress policy, region, budget, or a malformed call."""
 
 
 class OutboundFailed(ConnectionError):
@@ -113,7 +113,13 @@ def raise_for_refusal(result: frames.OutboundResult) -> None:
     """Turn a refused or failed call into the exception tenant code sees."""
     if not result.error:
         return
-    refusals = ("egress_denied", "budget_exceeded", "region_denied", "rate_limited")
+    refusals = (
+        "egress_denied",
+        "budget_exceeded",
+        "region_denied",
+        "rate_limited",
+        "invalid_request",
+    )
     if result.error in refusals:
         raise OutboundRefused(f"{result.error}: {result.message}")
     raise OutboundFailed(f"{result.error}: {result.message}")

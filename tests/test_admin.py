@@ -204,6 +204,48 @@ async def test_a_secret_sent_as_a_file_loses_its_trailing_newline(
     assert value not in api_dispatcher.log()
 
 
+async def test_status_names_the_version_the_api_gave(
+    admin: httpx.AsyncClient, public: httpx.AsyncClient
+) -> None:
+    """One version id everywhere: the deploy's answer, /status, the metrics."""
+    deployed = (await upload(admin, "labelled", source(5))).json()
+    await public.get("/", headers={"x-customer-id": "labelled"})
+
+    status = (await admin.get("/status/labelled")).json()
+    metrics = (await admin.get("/metrics")).text
+
+    assert status["version"] == deployed["id"]
+    assert f'tenant="labelled",version="{deployed["id"]}"' in metrics
+
+
+async def test_deleting_the_api_version_brings_back_the_folder_one(
+    admin: httpx.AsyncClient, public: httpx.AsyncClient, base_dir: Path
+) -> None:
+    """An API deploy over a folder tenant, then deleted: the folder serves."""
+    folder = base_dir / "tenants" / "layered"
+    folder.mkdir()
+    (folder / "worker.py").write_text(source(7).decode())
+    (folder / "tenant.toml").write_text('script = "worker.py"\n')
+    assert await eventually_served(public, "layered", 7)
+
+    assert (await upload(admin, "layered", source(8))).status_code == 200
+    assert await version_served(public, "layered") == 8
+    assert (await admin.delete(f"{BASE}/layered")).status_code == 200
+
+    assert await version_served(public, "layered") == 7
+
+
+async def eventually_served(
+    public: httpx.AsyncClient, script: str, version: int, within_s: float = 10
+) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await version_served(public, script) == version:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
 async def test_settings_patch_and_delete(
     admin: httpx.AsyncClient, public: httpx.AsyncClient
 ) -> None:

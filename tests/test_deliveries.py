@@ -25,6 +25,9 @@ DELIVERER = {"x-customer-id": "deliverer"}
 # Backoff runs a hundred times faster: seconds of policy, tens of ms here.
 TIME_SCALE = "0.01"
 API = "/accounts/local/workers/dispatch/namespaces/default/scripts/deliverer"
+KEYHOLDER_API = API.replace("/deliverer", "/keyholder")
+# A webhook URL's token: the secret travels in the URL itself.
+HOOK_TOKEN = "T0KEN-hook-secret-98765"
 
 
 def start(base: Path) -> DispatcherProcess:
@@ -43,6 +46,9 @@ def start(base: Path) -> DispatcherProcess:
             'max_subrequests = 20\nrate_limits = {"127.0.0.1" = 2}\n'
             "[retry]\nmax_attempts = 50\n"
         )
+        keyholder = shutil.copytree(source, tenants / "keyholder")
+        (keyholder / "tenant.toml").write_text('secrets = ["HOOK_TOKEN"]\n' + toml)
+        (keyholder / "secrets.demo.toml").write_text(f'HOOK_TOKEN = "{HOOK_TOKEN}"\n')
         for region in ("eu", "us"):
             shutil.copytree(source, tenants / f"{region}-tenant")
             placed = f'region = "{region}"\n' + toml
@@ -95,21 +101,26 @@ async def deliver(http: httpx.AsyncClient, target: str, body: bytes) -> str:
 
 
 async def state_of(
-    dispatcher: DispatcherProcess, delivery_id: str
+    dispatcher: DispatcherProcess, delivery_id: str, script: str = "deliverer"
 ) -> dict[str, object]:
     headers = {"authorization": f"Bearer {TOKEN}"}
+    path = f"{API.rsplit('/', 1)[0]}/{script}/deliveries/{delivery_id}"
     async with httpx.AsyncClient(base_url=dispatcher.admin_url or "") as admin:
-        response = await admin.get(f"{API}/deliveries/{delivery_id}", headers=headers)
+        response = await admin.get(path, headers=headers)
     result: dict[str, object] = response.json()
     return result
 
 
 async def wait_for_state(
-    dispatcher: DispatcherProcess, delivery_id: str, wanted: str, within_s: float = 10
+    dispatcher: DispatcherProcess,
+    delivery_id: str,
+    wanted: str,
+    within_s: float = 10,
+    script: str = "deliverer",
 ) -> dict[str, object]:
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
-        state = await state_of(dispatcher, delivery_id)
+        state = await state_of(dispatcher, delivery_id, script)
         if state.get("state") == wanted:
             return state
         await asyncio.sleep(0.05)
@@ -573,6 +584,47 @@ async def test_upstream_retry_after_pauses_the_tenant_for_that_host(
     assert second.json()["status"] == 200
     earlier, later = upstream.requests_to("/busy")
     assert later.at - earlier.at >= 2.9
+
+
+@pytest.mark.parametrize("call", ["deliver", "fetch"])
+@pytest.mark.parametrize("odd", ["header", "url", "port"])
+async def test_a_call_http_cannot_carry_is_refused_at_once(
+    delivering: DispatcherProcess,
+    http: httpx.AsyncClient,
+    upstream: FakeUpstream,
+    call: str,
+    odd: str,
+) -> None:
+    """No stored poison, no hang: tenant code hears why, and deliveries go on."""
+    started = time.monotonic()
+    answer = await http.post(
+        f"/{call}-odd", params={"to": f"{upstream.url}/odd", "odd": odd}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["refused"], answer.json()
+    assert time.monotonic() - started < 2
+
+    after = await deliver(http, f"{upstream.url}/after-odd-{call}-{odd}", b"x")
+    await wait_for_state(delivering, after, "succeeded")
+
+
+async def test_a_secret_in_a_delivery_url_is_hidden_from_logs_and_the_api(
+    delivering: DispatcherProcess, upstream: FakeUpstream
+) -> None:
+    async with httpx.AsyncClient(base_url=delivering.url, timeout=20) as public:
+        answer = await public.post(
+            "/deliver-secret",
+            params={"to": upstream.url},
+            headers={"x-customer-id": "keyholder"},
+        )
+    delivery = answer.json()["delivery"]
+    state = await wait_for_state(delivering, delivery, "succeeded", script="keyholder")
+
+    assert state["url"] == f"{upstream.url}/hooks/[secret HOOK_TOKEN]"
+    assert upstream.requests_to(f"/hooks/{HOOK_TOKEN}")  # the real URL was called
+    listing = await operator_view(delivering, f"{KEYHOLDER_API}/deliveries")
+    assert HOOK_TOKEN not in listing.decode()
+    assert HOOK_TOKEN not in delivering.log()
 
 
 async def deliver_outside_the_eu(

@@ -550,3 +550,25 @@ def test_stopping_the_dispatcher_ends_open_tails_at_once(
     finally:
         if process.process.poll() is None:
             process.stop()
+
+
+def test_lines_over_the_budget_are_reported_where_the_tenant_looks() -> None:
+    """Lines lost to the budget are said in the tenant's own log, not only ours."""
+    tenant = Tenant("chatty", Path("/t"), TenantConfig(), bindings={})
+    tenant_log = TenantLog()
+    tenant_log.emit_lines(tenant, 7, [f"line {n}" for n in range(1500)])
+    time.sleep(0.02)  # the budget refills a few lines
+    tenant_log.emit_lines(tenant, 7, ["after the flood"])
+
+    texts = [line.text for line in tenant_log.recent("chatty")]
+    assert "[switchyard: 500 log lines dropped, over 200 lines/s]" in texts
+    assert texts[-1] == "after the flood"
+
+
+async def test_overlapping_readiness_probes_all_see_a_healthy_host(
+    observed: DispatcherProcess,
+) -> None:
+    url = f"{observed.admin_url}/readyz"
+    async with httpx.AsyncClient(timeout=10) as http:
+        answers = await asyncio.gather(*(http.get(url) for _ in range(20)))
+    assert [a.status_code for a in answers] == [200] * 20
