@@ -133,7 +133,10 @@ class TenantLog:
                 log.info("tenant %s (removed) pid %d: %s", tenant.id, pid, text)
                 continue
             kept.append(entry)
-            log.info("tenant %s pid %d: %s", tenant.id, pid, text)
+            fields = {"tenant": tenant.id, "pid": pid}
+            log.info(
+                "tenant %s pid %d: %s", tenant.id, pid, text, extra={"fields": fields}
+            )
             if tenant.id in self.tails:
                 self.publish(tenant.id, {"type": "log", **asdict(entry)})
         # Said after the lines it follows, and only when the budget lets a

@@ -280,6 +280,13 @@ def test_access_log_lines_are_json_with_request_fields(
     assert entry["status"] == 200 and entry["code"] is None
     assert entry["start"] in ("cold", "warm") and entry["pid"] > 0
     assert entry["duration_ms"] > 0
+    printed = send(observed, "obs-b", "/print?marker=json-fields")
+    assert printed.status_code == 200
+    time.sleep(0.2)
+    tenant_lines = [json.loads(line) for line in observed.log().splitlines()
+                    if line.startswith("{") and "json-fields" in line]  # fmt: skip
+    assert tenant_lines and tenant_lines[0]["logger"] == "tenant"
+    assert tenant_lines[0]["tenant"] == "obs-b" and tenant_lines[0]["pid"] > 0
 
 
 class TailReader:
