@@ -68,6 +68,14 @@ secrets = ["API_KEY", "PEM"]
 timeout_ms = 400
 slowlog_ms = 150
 """
+LIMITED_TOML = """
+script = "worker.py"
+region = "eu"
+
+[rate_limit]
+requests_per_second = 0.5
+burst = 1
+"""
 RECYCLED_TOML = """
 script = "worker.py"
 
@@ -84,6 +92,7 @@ def make_tenants(folder: Path) -> Path:
             f'API_KEY = "{SECRET}"\nPEM = """{PEM}"""\n'
         )
     add_tenant(folder / "obs-recycled", RECYCLED_TOML, WORKER)
+    add_tenant(folder / "obs-limited", LIMITED_TOML, WORKER)
     return folder
 
 
@@ -579,3 +588,27 @@ async def test_overlapping_readiness_probes_all_see_a_healthy_host(
     async with httpx.AsyncClient(timeout=10) as http:
         answers = await asyncio.gather(*(http.get(url) for _ in range(20)))
     assert [a.status_code for a in answers] == [200] * 20
+
+
+def test_rate_limits_and_region_show_in_the_metrics(
+    observed: DispatcherProcess,
+) -> None:
+    statuses = [send(observed, "obs-limited", "/").status_code for _ in range(3)]
+    assert statuses == [200, 429, 429]
+
+    samples = scrape(observed)
+    requests = "switchyard_requests_total"
+    assert (
+        sample(
+            samples, requests, tenant="obs-limited", status="429", code="rate_limited"
+        )
+        == 2
+    )
+    rate = "switchyard_tenant_rate_limit_requests_per_second"
+    assert sample(samples, rate, tenant="obs-limited") == 0.5
+    assert (
+        sample(samples, "switchyard_tenant_rate_limit_burst", tenant="obs-limited") == 1
+    )
+    info = [labels for name, labels in samples if name == "switchyard_tenant_info"]
+    limited = next(dict(x) for x in info if ("tenant", "obs-limited") in x)
+    assert limited["region"] == "eu" and limited["state"] == "ok"
