@@ -590,7 +590,10 @@ def secret_value_of(body: bytes, request: Request) -> str:
         return value
     # A file sent as the body (curl --data-binary @token.txt) ends with the
     # newline its editor added; that newline is no part of the secret.
-    text = body.decode("utf-8", "strict")
+    try:
+        text = body.decode("utf-8", "strict")
+    except UnicodeDecodeError:
+        raise AdminError(400, "invalid_secret", "a secret must be UTF-8 text") from None
     return text.removesuffix("\n").removesuffix("\r")
 
 

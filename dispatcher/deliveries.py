@@ -48,7 +48,7 @@ from sandbox_runner import frames
 
 log = logging.getLogger("dispatcher.deliveries")
 
-FINAL_STATUSES = frozenset({400, 401, 403, 404, 422})
+FINAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 413, 414, 422, 431, 501})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 LEASE_S = 60.0
 # Succeeded deliveries are kept this long for the API and the console to
@@ -62,6 +62,8 @@ STORE_RETRY_S = 1.0
 # day): a due time beyond it means the clock jumped back, and it is due now.
 MAX_SCHEDULE_AHEAD_S = 86_400.0 + LEASE_S
 CLAIM_BATCH = 64
+# Attempts in flight at once, all tenants; past it the loop claims no more.
+MAX_IN_FLIGHT = 256
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -386,6 +388,8 @@ class DeliveryLoop:
         self.poll_s = poll_s
         self.circuits = CircuitBreakers(time_scale)
         self.pruned_at = 0.0
+        # Attempts under way, and the delivery each is for.
+        self.in_flight: dict[asyncio.Task[None], str] = {}
         # A lease must outlast an attempt (30 s at most); compressed time
         # shortens it too, so that a test's restart need not wait a minute.
         self.lease_s = LEASE_S if time_scale >= 1 else max(2.0, LEASE_S * time_scale)
@@ -415,12 +419,29 @@ class DeliveryLoop:
         if now - self.pruned_at > PRUNE_EVERY_S:
             await self.prune(now)
             self.pruned_at = now
-        due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
-        if due:
-            await asyncio.gather(*(self.attempt_unless_open(d) for d in due))
+        if len(self.in_flight) >= MAX_IN_FLIGHT:
+            await asyncio.wait(
+                list(self.in_flight), return_when=asyncio.FIRST_COMPLETED
+            )
             return
+        due = await asyncio.to_thread(self.store.claim_due, now, self.lease_s)
+        # Each attempt goes on by itself: one slow upstream (30 s to time
+        # out) must not hold back the next claim, nor other tenants.
+        for delivery in due:
+            if delivery.id in self.in_flight.values():
+                continue  # its lease ran out while its attempt is still going
+            task = asyncio.create_task(self.attempt_unless_open(delivery))
+            self.in_flight[task] = delivery.id
+            task.add_done_callback(self.attempt_done)
+        if len(due) == CLAIM_BATCH:
+            return  # more may be due already
         self.wake.clear()
         await self.sleep_until_due()
+
+    def attempt_done(self, task: asyncio.Task[None]) -> None:
+        self.in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a delivery attempt failed", exc_info=task.exception())
 
     async def prune(self, now: float) -> None:
         """Forget deliveries that succeeded more than the retention ago."""
@@ -448,8 +469,12 @@ class DeliveryLoop:
 
     async def attempt_unless_open(self, delivery: Delivery) -> None:
         """Attempt a delivery, or hold it: circuit open, or over the rate."""
-        host = urlsplit(delivery.url).hostname or ""
-        blocked = self.circuits.blocked_until(delivery.tenant, host, time.time())
+        parts = urlsplit(delivery.url)
+        host = parts.hostname or ""
+        # A circuit per host and port: a service down on one port says
+        # nothing of another on the same host.
+        endpoint = parts.netloc.lower()
+        blocked = self.circuits.blocked_until(delivery.tenant, endpoint, time.time())
         if blocked is None:
             rate = self.rate_of(delivery.tenant, host)
             wait_s = self.limits.wait_for(delivery.tenant, host, rate)
@@ -458,7 +483,7 @@ class DeliveryLoop:
             await asyncio.to_thread(self.store.postpone, delivery, blocked)
             return
         succeeded = await self.attempt(delivery)
-        self.circuits.record(delivery.tenant, host, succeeded, time.time())
+        self.circuits.record(delivery.tenant, endpoint, succeeded, time.time())
 
     async def attempt(self, delivery: Delivery) -> bool:
         """One attempt, and what follows from its outcome; True on success."""
@@ -482,7 +507,7 @@ class DeliveryLoop:
             error = None if status < 300 else f"upstream answered {status}"
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:300]
-        except (ValueError, UnicodeError, httpx.InvalidURL) as exc:
+        except Exception as exc:  # noqa: BLE001 - the delivery's fault, not the loop's
             # A call HTTP cannot carry (stored before calls were checked, or
             # by a check that missed a case): no retry can send it.
             error = f"cannot be sent: {type(exc).__name__}"
@@ -535,6 +560,9 @@ class DeliveryLoop:
         return "pending", now + delay * self.time_scale
 
     async def close(self) -> None:
+        for task in self.in_flight:
+            task.cancel()
+        await asyncio.gather(*list(self.in_flight), return_exceptions=True)
         await self.client.aclose()
 
 

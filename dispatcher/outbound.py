@@ -21,6 +21,7 @@ import asyncio
 import fnmatch
 import ipaddress
 import logging
+import math
 import re
 import socket
 from collections import Counter
@@ -139,19 +140,62 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 
 
+# Headers the HTTP client sets from the call itself: a tenant's own would
+# contradict the body's framing (Content-Length), or name a host other than
+# the one the egress rules checked (Host).
+OWNED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+)
+MAX_HEADERS = 100
+MAX_HEADER_VALUE_CHARS = 8192
+
+
 def check_shape(frame: frames.Outbound) -> None:
-    """Raise InvalidOutbound for a call HTTP cannot carry."""
+    """Raise InvalidOutbound for a call HTTP cannot carry, or should not."""
     if len(frame.url) > MAX_URL_CHARS or not _URL.match(frame.url):
         raise InvalidOutbound(
             "the URL must be printable ASCII without spaces, "
             f"at most {MAX_URL_CHARS} characters (percent-encode the rest)"
         )
     port_of(frame.url)
-    if not _HEADER_NAME.match(frame.method):
+    if "@" in urlsplit(frame.url).netloc:
+        raise InvalidOutbound(
+            "credentials in the URL would be logged and listed: send them in "
+            "an Authorization header"
+        )
+    if len(frame.method) > 32 or not _HEADER_NAME.match(frame.method):
         raise InvalidOutbound(f"method {frame.method[:32]!r} is not an HTTP token")
-    for name, value in frame.headers:
+    if frame.method.upper() in ("CONNECT", "TRACE"):
+        raise InvalidOutbound(f"method {frame.method} is not for calling an API")
+    if not math.isfinite(frame.timeout_s) or frame.timeout_s <= 0:
+        raise InvalidOutbound("the timeout must be a positive number of seconds")
+    check_headers([*frame.headers, ("idempotency-key", frame.idempotency_key)])
+
+
+def check_headers(headers: list[tuple[str, str]]) -> None:
+    if len(headers) > MAX_HEADERS:
+        raise InvalidOutbound(f"at most {MAX_HEADERS} headers")
+    for name, value in headers:
         if not _HEADER_NAME.match(name):
             raise InvalidOutbound(f"header name {name[:64]!r} is not an HTTP token")
+        if name.lower() in OWNED_HEADERS:
+            raise InvalidOutbound(f"header {name!r} is set by the dispatcher")
+        if len(value) > MAX_HEADER_VALUE_CHARS:
+            raise InvalidOutbound(
+                f"the value of header {name!r} is over {MAX_HEADER_VALUE_CHARS} "
+                "characters"
+            )
         if not _HEADER_VALUE.match(value):
             raise InvalidOutbound(
                 f"the value of header {name!r} must be printable ASCII: encode "
@@ -161,13 +205,15 @@ def check_shape(frame: frames.Outbound) -> None:
 
 def port_of(url: str) -> int:
     """The URL's port, its scheme's default if none; InvalidOutbound if bad."""
-    parts = urlsplit(url)
     try:
+        parts = urlsplit(url)
         port = parts.port
     except ValueError:
         raise InvalidOutbound(
-            "the URL's port is not a number from 0 to 65535"
+            "the URL's host or port cannot be read (a port is 1 to 65535)"
         ) from None
+    if port == 0:
+        raise InvalidOutbound("port 0 cannot be called")
     return port or (443 if parts.scheme == "https" else 80)
 
 

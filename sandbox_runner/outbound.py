@@ -66,12 +66,21 @@ class Delivery:
 class OutboundChannel:
     """Sends Outbound frames and matches the host's answers to them."""
 
-    def __init__(self, send: Callable[[object], None]) -> None:
+    def __init__(
+        self, send: Callable[[object], None], max_body_bytes: int = 2**62
+    ) -> None:
         self.send = send
+        # A frame over the host's limit would end the worker; a body over
+        # this one is refused here instead, in the tenant's own code.
+        self.max_body_bytes = max_body_bytes
         self.ids = itertools.count(1)
         self.waiting: dict[int, asyncio.Future[frames.OutboundResult]] = {}
 
     async def call(self, frame: frames.Outbound) -> frames.OutboundResult:
+        if len(frame.body) > self.max_body_bytes:
+            raise ValueError(
+                f"an outbound body is limited to {self.max_body_bytes} bytes"
+            )
         frame.id = next(self.ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[frames.OutboundResult] = loop.create_future()
@@ -92,11 +101,17 @@ def request_body(
     body: bytes | str | None, json: Any
 ) -> tuple[bytes, list[tuple[str, str]]]:
     """The bytes to send, and the content type implied by ``json=``."""
+    if json is not None and body is not None:
+        raise TypeError("pass body= or json=, not both")
     if json is not None:
         return msgspec.json.encode(json), [("content-type", "application/json")]
     if isinstance(body, str):
         return body.encode(), []
-    return bytes(body or b""), []
+    if body is None:
+        return b"", []
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise TypeError(f"body must be bytes or str, not {type(body).__name__}")
+    return bytes(body), []
 
 
 def header_pairs(
@@ -104,9 +119,13 @@ def header_pairs(
 ) -> list[tuple[str, str]]:
     if headers is None:
         return []
-    if isinstance(headers, Mapping):
-        return [(str(k), str(v)) for k, v in headers.items()]
-    return [(str(k), str(v)) for k, v in headers]
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    checked = []
+    for name, value in pairs:
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError(f"header {name!r}: names and values must be str")
+        checked.append((name, value))
+    return checked
 
 
 def raise_for_refusal(result: frames.OutboundResult) -> None:

@@ -268,6 +268,11 @@ class Context:
 
         if self._outbound is None:
             raise RuntimeError("outbound calls are only possible inside fetch")
+        for name, value in (("url", url), ("method", method), ("key", idempotency_key)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, not {type(value).__name__}")
+        if not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
         payload, implied = outbound.request_body(body, json)
         frame = frames.Outbound(
             id=0,

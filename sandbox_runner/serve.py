@@ -161,7 +161,8 @@ class Runner:
         self.fetch = fetch
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.refusals = refusals
-        self.outbound = OutboundChannel(self.send)
+        max_body_bytes = boot.max_frame_bytes - frames.FRAME_OVERHEAD_BYTES
+        self.outbound = OutboundChannel(self.send, max_body_bytes)
         self.encoder = msgspec.msgpack.Encoder()
         self.decoder = frames.worker_decoder()
         # Frames go out from the loop and from the slow-request watch

@@ -204,6 +204,17 @@ async def test_a_secret_sent_as_a_file_loses_its_trailing_newline(
     assert value not in api_dispatcher.log()
 
 
+async def test_a_secret_that_is_not_utf8_is_a_400(admin: httpx.AsyncClient) -> None:
+    await upload(admin, "binary", source(6))
+    answer = await admin.put(
+        f"{BASE}/binary/secrets/KEY",
+        content=b"\xff\xfe",
+        headers={"content-type": "text/plain"},
+    )
+    assert answer.status_code == 400
+    assert error_of(answer)["code"] == "invalid_secret"
+
+
 async def test_status_names_the_version_the_api_gave(
     admin: httpx.AsyncClient, public: httpx.AsyncClient
 ) -> None:

@@ -587,7 +587,10 @@ async def test_upstream_retry_after_pauses_the_tenant_for_that_host(
 
 
 @pytest.mark.parametrize("call", ["deliver", "fetch"])
-@pytest.mark.parametrize("odd", ["header", "url", "port"])
+@pytest.mark.parametrize(
+    "odd",
+    ["header", "url", "port", "port0", "ipv6", "userinfo", "host", "length"],
+)
 async def test_a_call_http_cannot_carry_is_refused_at_once(
     delivering: DispatcherProcess,
     http: httpx.AsyncClient,
@@ -606,6 +609,36 @@ async def test_a_call_http_cannot_carry_is_refused_at_once(
 
     after = await deliver(http, f"{upstream.url}/after-odd-{call}-{odd}", b"x")
     await wait_for_state(delivering, after, "succeeded")
+
+
+async def test_a_fetch_with_a_timeout_of_nan_is_refused(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    answer = await http.post("/fetch-odd", params={"to": upstream.url, "odd": "nan"})
+    assert "positive number of seconds" in answer.json()["refused"]
+
+
+async def test_a_wrongly_typed_argument_raises_in_tenant_code(
+    http: httpx.AsyncClient,
+) -> None:
+    """A TypeError the tenant can read, not a frame that ends its worker."""
+    answer = await http.post("/fetch-typed-wrong", params={"to": "x"})
+    assert answer.status_code == 200  # not 502: the worker lives on
+    assert answer.json() == {"type_error": "url must be a str, not int"}
+
+
+async def test_a_slow_upstream_holds_back_no_other_delivery(
+    delivering: DispatcherProcess, http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """Each attempt goes on by itself: a 3 s upstream delays only its own."""
+    upstream.delays["/slow-one"] = 3.0
+    slow = await deliver(http, f"{upstream.url}/slow-one", b"x")
+    await asyncio.sleep(0.3)  # the slow attempt is under way
+    started = time.monotonic()
+    quick = await deliver(http, f"{upstream.url}/quick-one", b"x")
+    await wait_for_state(delivering, quick, "succeeded")
+    assert time.monotonic() - started < 1.5
+    await wait_for_state(delivering, slow, "succeeded")
 
 
 async def test_a_secret_in_a_delivery_url_is_hidden_from_logs_and_the_api(

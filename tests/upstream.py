@@ -38,6 +38,8 @@ class FakeUpstream:
         self.received: list[Received] = []
         self.script: deque[tuple[int, dict[str, str]]] = deque()
         self.default_status = 200
+        # Paths that answer only after this many seconds: a slow upstream.
+        self.delays: dict[str, float] = {}
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler_class())
         self.port = self.server.server_address[1]
@@ -72,6 +74,7 @@ class FakeUpstream:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
+                time.sleep(upstream.delays.get(self.path, 0.0))
                 status, headers = upstream.next_answer()
                 upstream.record(
                     Received(
