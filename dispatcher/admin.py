@@ -22,7 +22,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import asdict
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
 import orjson
@@ -54,6 +54,7 @@ log = logging.getLogger("dispatcher.admin")
 SCRIPTS = "/accounts/{account}/workers/dispatch/namespaces/{namespace}/scripts"
 SCRIPT = SCRIPTS + "/{script}"
 JSON = "application/json"
+DeliveryState = Literal["pending", "succeeded", "dead"]
 METRICS_TYPE = CONTENT_TYPE_LATEST
 # Followers of one script's log at once; each holds a bounded queue.
 MAX_TAILS_PER_SCRIPT = 16
@@ -653,7 +654,7 @@ def add_delivery_routes(
 
     @app.get(SCRIPT + "/deliveries", summary="Deliveries, optionally by state")
     async def list_deliveries(
-        account: str, namespace: str, script: str, state: str | None = None
+        account: str, namespace: str, script: str, state: DeliveryState | None = None
     ) -> dict[str, Any]:
         name = checked_script(namespace, script, deployments)
         found = await asyncio.to_thread(store.list, name, state)

@@ -519,6 +519,7 @@ def test_line_separators_in_tenant_output_break_no_tail(
     [
         (f"{SCRIPTS}/obs-a/tail?recent=many", 400, "invalid_request"),
         ("/status/obs-a/", 404, "invalid_request"),
+        (f"{SCRIPTS}/obs-a/deliveries?state=zzz", 400, "invalid_request"),
     ],
 )
 def test_odd_api_requests_answer_in_the_documented_shape(
