@@ -32,12 +32,12 @@ from dispatcher.registry import (
     ScriptSettings,
     ScriptVersion,
 )
-from dispatcher.reloader import reload_tenant
 from dispatcher.tenants import (
     Egress,
     Limits,
     Tenant,
     TenantConfig,
+    load_tenant,
     with_adapter_policy,
 )
 from sandbox_runner import adapters
@@ -176,12 +176,33 @@ class Deployments:
         """Stop serving a script and forget it, secrets included."""
         existed = self.registry.delete_script(self.namespace, script)
         if existed:
-            self.directory.remove(script)
+            if not await self.fall_back_to_folder(script):
+                self.directory.remove(script)
             shutil.rmtree(self.root / script, ignore_errors=True)
-            if self.tenants_dir is not None:
-                folder = self.tenants_dir / script
-                await reload_tenant(folder, self.state_dir, self.directory)
         return existed
+
+    async def fall_back_to_folder(self, script: str) -> bool:
+        """Serve the script's folder version in place of the deleted one.
+
+        Installed like any new version - trial-loaded, then swapped in - so
+        the name never stops answering, and its counts and tails go on.
+        False when there is no folder version, or it does not load.
+        """
+        if self.tenants_dir is None:
+            return False
+        folder = self.tenants_dir / script
+        if not (folder / "tenant.toml").is_file():
+            return False
+        tenant = load_tenant(folder, self.state_dir)
+        if tenant is None:
+            return False
+        try:
+            await self.directory.install(tenant)
+        except DeployRefused as exc:
+            log.warning("tenant %s: its folder version does not load: %s", script, exc)
+            return False
+        log.info("tenant %s: API version deleted; the folder version serves", script)
+        return True
 
 
 class StagedVersion:

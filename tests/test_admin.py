@@ -232,18 +232,26 @@ async def test_status_names_the_version_the_api_gave(
 async def test_deleting_the_api_version_brings_back_the_folder_one(
     admin: httpx.AsyncClient, public: httpx.AsyncClient, base_dir: Path
 ) -> None:
-    """An API deploy over a folder tenant, then deleted: the folder serves."""
+    """An API deploy over a folder tenant, then deleted: the folder serves,
+    with no gap, and whoever follows its tail goes on following it."""
     folder = base_dir / "tenants" / "layered"
     folder.mkdir()
     (folder / "worker.py").write_text(source(7).decode())
     (folder / "tenant.toml").write_text('script = "worker.py"\n')
     assert await eventually_served(public, "layered", 7)
-
     assert (await upload(admin, "layered", source(8))).status_code == 200
     assert await version_served(public, "layered") == 8
-    assert (await admin.delete(f"{BASE}/layered")).status_code == 200
 
-    assert await version_served(public, "layered") == 7
+    async with admin.stream("GET", f"{BASE}/layered/tail") as tail:
+        assert (await admin.delete(f"{BASE}/layered")).status_code == 200
+        assert await version_served(public, "layered") == 7
+        events = []
+        async for line in tail.aiter_lines():
+            if line.startswith("event:"):
+                events.append(line.removeprefix("event: "))
+            if "request" in events:
+                break
+    assert events == ["request"], events  # no "end" before it
 
 
 async def eventually_served(
