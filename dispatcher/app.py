@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI
+from prometheus_client import generate_latest
 
 from dispatcher.admin import build_admin_app
 from dispatcher.bodies import BodyBudget, read_body
@@ -39,7 +40,7 @@ from dispatcher.errors import (
     TenantNotFound,
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
-from dispatcher.metrics import MetricsSnapshot, metrics_registry, metrics_text
+from dispatcher.metrics import MetricsSnapshot, metrics_registry
 from dispatcher.outbound import EgressGateway, EgressPolicy
 from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.pool import RequestTrace, WorkerPool
@@ -51,6 +52,7 @@ from dispatcher.sandbox import SandboxPolicy
 from dispatcher.settings import Settings
 from dispatcher.status import (
     RequestStats,
+    outbound_by_tenant,
     status_report,
     tenant_status,
     usage_of,
@@ -100,6 +102,15 @@ class Dispatcher:
         self.outbound_limits = OutboundLimits()
         policy = EgressPolicy(networks, regions)
         self.gateway = EgressGateway(policy, sink, self.outbound_limits)
+        self.delivery_loop = DeliveryLoop(
+            self.delivery_store,
+            self.delivery_wake,
+            time_scale=settings.delivery_time_scale,
+            limits=self.outbound_limits,
+            rate_of=self.outbound_rate,
+        )
+        # Set when serving starts: a signal handler schedules work on it.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.pool = WorkerPool(
             settings, self.tenant_log, sandbox, self.launcher, self.gateway
         )
@@ -150,12 +161,17 @@ class Dispatcher:
         """One tenant's status with its recent log lines; None if unknown."""
         if tenant_id not in self.directory.tenants:
             return None
-        workers = [w for w in self.pool.workers if w.tenant.id == tenant_id]
-        usage = await usage_of(workers)
-        if tenant_id not in self.directory.tenants:
+        usage = await usage_of(self.pool.workers_of(tenant_id))
+        tenant = self.directory.get(tenant_id)
+        if tenant is None:
             return None  # deleted while its usage was read
+        outbound = outbound_by_tenant(self.gateway.counts).get(tenant_id, {})
         detail = tenant_status(
-            tenant_id, self.directory, self.pool, self.stats, self.gateway, usage
+            tenant,
+            self.pool.workers_of(tenant_id),
+            self.stats.of(tenant_id),
+            outbound,
+            usage,
         )
         detail["logs"] = [
             {"at": line.at, "pid": line.pid, "text": line.text}
@@ -175,12 +191,11 @@ class Dispatcher:
         usage = await usage_of(self.pool.workers)
         deliveries = await asyncio.to_thread(self.delivery_store.counts_by_tenant)
         self.metrics_snapshot = MetricsSnapshot(usage, deliveries)
-        return metrics_text(self.metrics)
+        return generate_latest(self.metrics)
 
     def circuit_counts(self) -> Counter[tuple[str, str]]:
         """Target hosts per tenant and circuit state."""
-        loop = getattr(self, "delivery_loop", None)
-        return loop.circuits.counts(time.time()) if loop else Counter()
+        return self.delivery_loop.circuits.counts(time.time())
 
     async def readiness(self) -> tuple[bool, dict[str, str]]:
         """Can this dispatcher take traffic: workers can start, state saves."""
@@ -197,9 +212,8 @@ class Dispatcher:
         return tenant.config.egress.rate_limits.get(host, 0.0) if tenant else 0.0
 
     def circuits_of(self, tenant: str) -> list[dict[str, object]]:
-        """The tenant's circuit breakers, once deliveries are running."""
-        loop = getattr(self, "delivery_loop", None)
-        return loop.circuits.of_tenant(tenant, time.time()) if loop else []
+        """The tenant's circuit breakers."""
+        return self.delivery_loop.circuits.of_tenant(tenant, time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         server = scope.get("server")
@@ -233,13 +247,6 @@ class Dispatcher:
         await self.deployments.restore_all()
         await self.pool.prewarm(list(tenants.values()))
         self.background.append(asyncio.create_task(self.pool.supervise()))
-        self.delivery_loop = DeliveryLoop(
-            self.delivery_store,
-            self.delivery_wake,
-            time_scale=self.settings.delivery_time_scale,
-            limits=self.outbound_limits,
-            rate_of=self.outbound_rate,
-        )
         self.background.append(asyncio.create_task(self.delivery_loop.run()))
         if self.settings.watch:
             watcher = watch_tenants_folder(
@@ -255,9 +262,8 @@ class Dispatcher:
 
     def begin_shutdown(self) -> None:
         """Called from a signal handler: end the live tails on the loop."""
-        loop = getattr(self, "loop", None)
-        if loop is not None:
-            loop.call_soon_threadsafe(
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(
                 self.tenant_log.end_all_tails, "the dispatcher is shutting down"
             )
 
@@ -367,7 +373,7 @@ def access_fields(
     """One request as the access log and the tail show it, secrets hidden."""
     # The raw path, still percent-encoded: a decoded one could carry a line
     # break into a plain log.
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    path = raw_path_of(scope)
     started = None
     if access.trace.pid:
         started = "cold" if access.trace.cold else "warm"
@@ -416,6 +422,12 @@ def tenant_id_of(scope: Scope) -> str:
     return tenant_id
 
 
+def raw_path_of(scope: Scope) -> str:
+    """The path as the client sent it, percent-encoding kept."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode()
+    return raw.decode("latin-1")
+
+
 def url_of(scope: Scope) -> str:
     """The request URL as the client sent it, path encoding kept."""
     host = "localhost"
@@ -423,7 +435,7 @@ def url_of(scope: Scope) -> str:
         if name == b"host":
             host = value.decode("latin-1")
             break
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    path = raw_path_of(scope)
     query = scope["query_string"].decode("latin-1")
     url = f"{scope['scheme']}://{host}{path}"
     return f"{url}?{query}" if query else url

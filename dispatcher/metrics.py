@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -284,7 +284,3 @@ def metrics_registry(dispatcher: Dispatcher) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DispatcherCollector(dispatcher))
     return registry
-
-
-def metrics_text(registry: CollectorRegistry) -> bytes:
-    return generate_latest(registry)

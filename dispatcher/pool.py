@@ -126,6 +126,11 @@ class WorkerPool:
         serving = [w for group in self.groups.values() for w in group.workers]
         return serving + list(self.leaving)
 
+    def workers_of(self, tenant_id: str) -> list[Worker]:
+        """The live workers of one tenant that is served."""
+        group = self.groups.get(tenant_id)
+        return list(group.workers) if group else []
+
     async def dispatch(
         self,
         tenant: Tenant,

@@ -25,6 +25,7 @@ import psutil
 from dispatcher.directory import TenantDirectory
 from dispatcher.outbound import EgressGateway
 from dispatcher.pool import WorkerPool
+from dispatcher.tenants import Tenant
 from dispatcher.worker import Worker
 
 # Upper bounds of the latency histogram, in seconds: from a warm answer
@@ -178,34 +179,42 @@ def status_report(
     usage: dict[int, Usage],
 ) -> dict[str, Any]:
     """Every tenant, with what an operator asks about it first."""
+    outbound = outbound_by_tenant(gateway.counts)
     tenants = [
-        tenant_status(tenant_id, directory, pool, stats, gateway, usage)
-        for tenant_id in sorted(directory.tenants)
+        tenant_status(
+            tenant,
+            pool.workers_of(tenant_id),
+            stats.of(tenant_id),
+            outbound.get(tenant_id, {}),
+            usage,
+        )
+        for tenant_id, tenant in sorted(directory.tenants.items())
     ]
     return {"tenants": tenants, "warm_workers": len(pool.workers)}
 
 
+def outbound_by_tenant(
+    counts: Counter[tuple[str, str]],
+) -> dict[str, dict[str, int]]:
+    """The gateway's counts grouped by tenant, in one pass over them."""
+    grouped: dict[str, dict[str, int]] = {}
+    for (tenant_id, outcome), number in sorted(counts.items()):
+        grouped.setdefault(tenant_id, {})[outcome] = number
+    return grouped
+
+
 def tenant_status(
-    tenant_id: str,
-    directory: TenantDirectory,
-    pool: WorkerPool,
-    stats: RequestStats,
-    gateway: EgressGateway,
+    tenant: Tenant,
+    workers: list[Worker],
+    requests: TenantRequests,
+    outbound: dict[str, int],
     usage: dict[int, Usage],
 ) -> dict[str, Any]:
-    """One tenant's entry of the status answer."""
-    tenant = directory.tenants[tenant_id]
-    workers = [w for w in pool.workers if w.tenant.id == tenant_id]
+    """One tenant's entry of the status answer, from what was gathered."""
     config = tenant.config
-    requests = stats.of(tenant_id)
-    outbound = {
-        outcome: number
-        for (owner, outcome), number in sorted(gateway.counts.items())
-        if owner == tenant_id
-    }
     state = "failed" if tenant.problem else ("warm" if workers else "idle")
     return {
-        "tenant": tenant_id,
+        "tenant": tenant.id,
         "version": tenant.version,
         "state": state,
         "problem": tenant.problem,

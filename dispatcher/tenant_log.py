@@ -25,6 +25,7 @@ dropped and counted, and the count is logged once the budget allows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
@@ -349,15 +350,27 @@ def redact_path(path: str, tenant: Tenant) -> str:
 def secret_needles(tenant: Tenant) -> list[tuple[str, str]]:
     """What to look for of each secret, longest first, with the secret's name.
 
+    Redaction runs for every log line, and for every request's path when a
+    tenant has secrets: the list is built once per set of secret values.
+    """
+    secrets = tuple(
+        (name, value)
+        for name in tenant.config.secrets
+        if isinstance(value := tenant.bindings.get(name), str)
+    )
+    return needles_of(secrets) if secrets else []
+
+
+@functools.lru_cache(maxsize=4096)
+def needles_of(secrets: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:
+    """The needles of these (name, value) pairs; see secret_needles.
+
     A log is cut into lines before it is redacted, so a value that holds a
     line break (a PEM key, a token pasted with its newline) would never match
     whole: each of its lines is looked for as well.
     """
     needles: dict[str, str] = {}
-    for name in tenant.config.secrets:
-        value = tenant.bindings.get(name)
-        if not isinstance(value, str):
-            continue
+    for name, value in secrets:
         lines = [line.strip() for line in value.splitlines()]
         for piece in (value, value.strip(), *lines):
             if len(piece) >= MIN_REDACTED_LENGTH:
