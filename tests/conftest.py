@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -221,3 +222,20 @@ def stopped(process: DispatcherProcess, pid: int) -> Iterator[None]:
         with contextlib.suppress(psutil.Error, ProcessLookupError):
             if psutil.Process(pid).ppid() == process.process.pid:
                 os.kill(pid, signal.SIGCONT)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metric_samples(text: str) -> Samples:
+    """Every sample of a Prometheus text answer, keyed by name and labels."""
+    return {
+        (found.name, frozenset(found.labels.items())): found.value
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+    }
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """One sample's value by name and exact labels; None if absent."""
+    return samples.get((name, frozenset(labels.items())))

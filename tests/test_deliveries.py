@@ -14,10 +14,9 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.webhook_signing import slack_headers
-from tests.conftest import ROOT, DispatcherProcess
+from tests.conftest import ROOT, DispatcherProcess, metric_samples, sample
 from tests.upstream import FakeUpstream
 
 TOKEN = "delivery-admin-token-0123456789"
@@ -703,19 +702,18 @@ async def test_metrics_show_region_refusals_rate_limits_and_deliveries(
     await deliver_outside_the_eu(delivering, upstream)
     text = (await operator_view(delivering, "/metrics")).decode()
 
-    samples = {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-    eu_refused = frozenset({"tenant": "eu-tenant", "outcome": "region_denied"}.items())
-    assert samples["switchyard_outbound_calls_total", eu_refused] >= 1
-    eu_dead = frozenset({"tenant": "eu-tenant", "state": "dead"}.items())
-    assert samples["switchyard_deliveries", eu_dead] >= 1
+    samples = metric_samples(text)
+    calls = "switchyard_outbound_calls_total"
+    refused = sample(samples, calls, tenant="eu-tenant", outcome="region_denied")
+    assert refused is not None and refused >= 1
+    dead = sample(samples, "switchyard_deliveries", tenant="eu-tenant", state="dead")
+    assert dead is not None and dead >= 1
     info = [labels for name, labels in samples if name == "switchyard_tenant_info"]
     assert ("region", "eu") in next(x for x in info if ("tenant", "eu-tenant") in x)
-    delivered = frozenset({"tenant": "deliverer", "state": "succeeded"}.items())
-    assert samples["switchyard_deliveries", delivered] >= 1
+    done = sample(
+        samples, "switchyard_deliveries", tenant="deliverer", state="succeeded"
+    )
+    assert done is not None and done >= 1
 
 
 # Last: it ends the module's dispatcher with kill -9.

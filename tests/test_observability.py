@@ -21,11 +21,17 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher.tenant_log import HISTORY_CHARS, TenantLog
 from dispatcher.tenants import Tenant, TenantConfig
-from tests.conftest import ZYGOTE_STARTED, DispatcherProcess, add_tenant
+from tests.conftest import (
+    ZYGOTE_STARTED,
+    DispatcherProcess,
+    Samples,
+    add_tenant,
+    metric_samples,
+    sample,
+)
 
 TOKEN = "observability-token-0123456789"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -43,12 +49,15 @@ PEM = (
 
 WORKER = """
 import asyncio
+import os
 
 async def fetch(request, env, ctx):
     if request.path == "/raise":
         raise RuntimeError("boom " + env["API_KEY"])
     if request.path == "/sleep":
         await asyncio.sleep(30)
+    if request.path == "/crash":
+        os._exit(3)
     if request.path == "/dawdle":
         await asyncio.sleep(0.3)
     if request.path == "/pem":
@@ -120,31 +129,21 @@ def api(process: DispatcherProcess, path: str) -> httpx.Response:
     return httpx.get(process.admin_url + path, headers=AUTH, timeout=10)
 
 
-def scrape(process: DispatcherProcess) -> dict[tuple[str, frozenset], float]:
+def scrape(process: DispatcherProcess) -> Samples:
     """Every sample of /metrics, keyed by name and labels."""
     answer = api(process, "/metrics")
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(answer.text):
-        for sample in family.samples:
-            samples[sample.name, frozenset(sample.labels.items())] = sample.value
-    return samples
-
-
-def sample(
-    samples: dict[tuple[str, frozenset], float], name: str, **labels: str
-) -> float | None:
-    return samples.get((name, frozenset(labels.items())))
+    return metric_samples(answer.text)
 
 
 def test_metrics_count_exactly_the_requests_sent(observed: DispatcherProcess) -> None:
     # A cold start, two warm answers, a raise, a timeout (which stops the
-    # worker), then a second cold start on a fresh worker.
+    # worker), a crash on a fresh worker, then a third cold start.
     outcomes = [send(observed, "obs-a", path).status_code for path in (
-        "/", "/", "/", "/raise", "/sleep", "/",
+        "/", "/", "/", "/raise", "/sleep", "/crash", "/",
     )]  # fmt: skip
-    assert outcomes == [200, 200, 200, 500, 504, 200]
+    assert outcomes == [200, 200, 200, 500, 504, 502, 200]
     assert send(observed, "obs-b", "/").status_code == 200
     assert send(observed, "nobody-here", "/").status_code == 404
 
@@ -159,22 +158,28 @@ def test_metrics_count_exactly_the_requests_sent(observed: DispatcherProcess) ->
         sample(samples, requests, tenant="obs-a", status="504", code="worker_timeout")
         == 1
     )
+    assert (
+        sample(samples, requests, tenant="obs-a", status="502", code="worker_crashed")
+        == 1
+    )
     assert sample(samples, requests, tenant="obs-b", status="200", code="ok") == 1
-    assert sample(samples, "switchyard_cold_starts_total", tenant="obs-a") == 2
+    assert sample(samples, "switchyard_cold_starts_total", tenant="obs-a") == 3
     assert sample(samples, "switchyard_cold_starts_total", tenant="obs-b") == 1
-    assert sample(samples, "switchyard_worker_starts_total", tenant="obs-a") == 2
+    assert sample(samples, "switchyard_worker_starts_total", tenant="obs-a") == 3
     exits = "switchyard_worker_exits_total"
     assert sample(samples, exits, tenant="obs-a", reason="timeout") == 1
-    assert sample(samples, exits, tenant="obs-a", reason="crash") is None
+    assert sample(samples, exits, tenant="obs-a", reason="crash") == 1
     assert (
         sample(samples, "switchyard_request_duration_seconds_count", tenant="obs-a")
-        == 6
+        == 7
     )
     slowest = sample(
         samples, "switchyard_request_duration_seconds_bucket", tenant="obs-a", le="0.25"
     )
-    assert slowest == 5  # all but the one that ran into its 400 ms limit
+    assert slowest == 6  # all but the one that ran into its 400 ms limit
     assert sample(samples, "switchyard_warm_workers", tenant="obs-a") == 1
+    warm = [v for (n, _), v in samples.items() if n == "switchyard_warm_workers"]
+    assert sample(samples, "switchyard_host_warm_workers") == sum(warm)
     memory = sample(samples, "switchyard_worker_memory_bytes", tenant="obs-a")
     assert memory is not None and memory > 1024 * 1024
     assert (
