@@ -41,7 +41,7 @@ from dispatcher.errors import (
 )
 from dispatcher.launcher import ExecLauncher, ZygoteLauncher
 from dispatcher.metrics import MetricsSnapshot, metrics_registry
-from dispatcher.outbound import EgressGateway, EgressPolicy
+from dispatcher.outbound import EgressDenied, EgressGateway, EgressPolicy
 from dispatcher.outbound_limits import OutboundLimits
 from dispatcher.pool import RequestTrace, WorkerPool
 from dispatcher.ratelimit import RateLimiter
@@ -108,6 +108,7 @@ class Dispatcher:
             time_scale=settings.delivery_time_scale,
             limits=self.outbound_limits,
             rate_of=self.outbound_rate,
+            refusal_of=self.delivery_refusal,
         )
         # Set when serving starts: a signal handler schedules work on it.
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -205,6 +206,16 @@ class Dispatcher:
         checks = {"zygote": zygote, "state_database": state}
         ready = zygote in ("up", "started", "not used") and state == "writable"
         return ready, checks
+
+    async def delivery_refusal(self, tenant_id: str, url: str) -> str | None:
+        """Why a stored delivery may not be sent now, or None if it may."""
+        tenant = self.directory.get(tenant_id)
+        try:
+            await self.gateway.policy.check_destination(tenant, url)
+        except EgressDenied as exc:
+            reason = redact(str(exc), tenant) if tenant else str(exc)
+            return f"{exc.code}: {reason}"
+        return None
 
     def outbound_rate(self, tenant_id: str, host: str) -> float:
         """Calls per second the tenant may make to ``host`` (0: no limit)."""

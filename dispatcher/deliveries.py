@@ -32,7 +32,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,12 +375,16 @@ class DeliveryLoop:
         poll_s: float = 0.5,
         limits: OutboundLimits | None = None,
         rate_of: Callable[[str, str], float] = lambda tenant, host: 0.0,
+        refusal_of: Callable[[str, str], Awaitable[str | None]] | None = None,
     ) -> None:
         self.store = store
         self.wake = wake
         self.limits = limits or OutboundLimits()
         # Calls per second a tenant may make to a host (0: no limit).
         self.rate_of = rate_of
+        # Why the tenant may not call a URL now (egress rules, region, the
+        # address it resolves to), or None: asked before every attempt.
+        self.refusal_of = refusal_of
         self.client = httpx.AsyncClient(follow_redirects=False, timeout=30)
         # Below 1, every delay shrinks by that factor: tests compress hours
         # of backoff into seconds through configuration, not by waiting.
@@ -468,7 +472,20 @@ class DeliveryLoop:
             pass
 
     async def attempt_unless_open(self, delivery: Delivery) -> None:
-        """Attempt a delivery, or hold it: circuit open, or over the rate."""
+        """Attempt a delivery, or hold it: circuit open, or over the rate.
+
+        A delivery the tenant may no longer send (its rules or region
+        changed, its host now resolves to a private address) becomes a
+        dead letter with the reason, unsent; a replay asks again.
+        """
+        if self.refusal_of is not None:
+            refusal = await self.refusal_of(delivery.tenant, delivery.url)
+            if refusal is not None:
+                await asyncio.to_thread(
+                    self.store.record, delivery, "dead", time.time(), None, refusal
+                )
+                log.info("delivery %s refused: %s", delivery.id, refusal)
+                return
         parts = urlsplit(delivery.url)
         host = parts.hostname or ""
         # A circuit per host and port: a service down on one port says

@@ -100,16 +100,28 @@ class EgressPolicy:
     async def check(self, tenant: Tenant, frame: frames.Outbound) -> None:
         """Raise EgressDenied unless the call is well formed and allowed now."""
         check_shape(frame)
-        url = frame.url
+        await self.check_destination(tenant, frame.url)
+
+    async def check_destination(self, tenant: Tenant | None, url: str) -> None:
+        """Raise EgressDenied unless ``url`` may be called for ``tenant`` now.
+
+        Checked for every call, and again before every attempt of a stored
+        delivery: rules, regions and DNS answers change while it waits.
+        With no tenant (one deleted since), only the operator's networks
+        apply.
+        """
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https"):
             raise EgressDenied(f"scheme {parts.scheme!r} is not http or https")
         host = parts.hostname
         if not host:
             raise EgressDenied("the URL names no host")
-        if not host_allowed(host, tenant.config.egress.allow):
-            raise EgressDenied(f"host {host!r} is not in the tenant's egress allowlist")
-        self.check_region(tenant, host)
+        if tenant is not None:
+            if not host_allowed(host, tenant.config.egress.allow):
+                raise EgressDenied(
+                    f"host {host!r} is not in the tenant's egress allowlist"
+                )
+            self.check_region(tenant, host)
         port = port_of(url)
         for address in await resolve(host, port):
             self.check_address(host, address)
@@ -309,15 +321,22 @@ class EgressGateway:
             return refused(frame, "rate_limited", message)
         timeout = min(max(frame.timeout_s, 0.1), MAX_TIMEOUT_S)
         request = self.client.build_request(
-            frame.method, frame.url, headers=frame.headers, content=frame.body
+            frame.method,
+            frame.url,
+            headers=frame.headers,
+            content=frame.body,
+            timeout=timeout,
         )
         try:
-            response = await self.client.send(request, stream=True)
+            # The tenant's timeout covers the whole call: connecting, the
+            # answer's headers and its body.
             async with asyncio.timeout(timeout):
+                response = await self.client.send(request, stream=True)
                 body = await read_capped(response)
         except (httpx.HTTPError, TimeoutError) as exc:
             url = redact(frame.url, tenant)
-            log.info("tenant %s: fetch of %s failed: %s", tenant.id, url, type(exc))
+            failure = type(exc).__name__
+            log.info("tenant %s: fetch of %s failed: %s", tenant.id, url, failure)
             return refused(frame, "upstream_error", type(exc).__name__)
         headers = [
             (k.decode("latin-1"), v.decode("latin-1")) for k, v in response.headers.raw

@@ -513,6 +513,14 @@ async def test_delivery_outside_the_tenants_region_is_refused_and_dead_lettered(
     assert dead[0]["attempts"] == 0
     assert [r.body for r in upstream.requests_to("/regional")] == [b"us data"]
 
+    # Replayed while the rule still stands, it is refused again, unsent.
+    replay = f"{path.split('?')[0]}/{dead[0]['id']}/replay"
+    async with httpx.AsyncClient(base_url=delivering.admin_url or "") as admin:
+        assert (await admin.post(replay, headers=headers)).status_code == 200
+    again = await wait_for_state(delivering, dead[0]["id"], "dead", script="eu-tenant")
+    assert str(again["last_error"]).startswith("region_denied")
+    assert [r.body for r in upstream.requests_to("/regional")] == [b"us data"]
+
 
 async def wait_for_state_by_path(
     dispatcher: DispatcherProcess,
@@ -615,6 +623,19 @@ async def test_a_fetch_with_a_timeout_of_nan_is_refused(
 ) -> None:
     answer = await http.post("/fetch-odd", params={"to": upstream.url, "odd": "nan"})
     assert "positive number of seconds" in answer.json()["refused"]
+
+
+async def test_a_fetch_gives_up_at_the_tenants_timeout(
+    http: httpx.AsyncClient, upstream: FakeUpstream
+) -> None:
+    """timeout= covers waiting for the answer's headers, not the body alone."""
+    upstream.delays["/late"] = 3.0
+    started = time.monotonic()
+    answer = await http.post(
+        "/fetch-within", params={"to": f"{upstream.url}/late", "s": "0.5"}
+    )
+    assert answer.json()["failed"].startswith("upstream_error: ")
+    assert time.monotonic() - started < 2
 
 
 async def test_a_wrongly_typed_argument_raises_in_tenant_code(

@@ -35,6 +35,12 @@ async def fetch(request, env, ctx):
         except PermissionError as exc:
             return {"refused": str(exc)}
         return {"refused": None}
+    if request.path == "/fetch-within":
+        try:
+            await ctx.fetch(target, timeout=float(request.query["s"][0]))
+        except ConnectionError as exc:
+            return {"failed": str(exc)}
+        return {"failed": None}
     if request.path == "/fetch-typed-wrong":
         try:
             await ctx.fetch(12345)
